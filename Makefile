@@ -1,0 +1,32 @@
+# Everything a fresh machine needs: `make demo` and `make test` create .venv and install first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.sdexp-installed
+# torch is pinned to the build that lies on this machine's disk (a newer one downloads several GB).
+TORCH := torch==2.14.1 torchvision==0.29.1
+
+.PHONY: demo test lint bench clean install
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q $(TORCH) 2>&1 | grep -v "is ignored" || true
+	$(BIN)/python -m pip install -q -e ".[dev]" 2>&1 | grep -v "is ignored" || true
+	$(BIN)/python -c "import sdexp, torch, diffusers, peft, hydra, wandb" && touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python -m sdexp.demo demo-out
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check sdexp tests run.py bench
+
+bench: $(STAMP)
+	$(BIN)/python bench/step.py
+
+clean:
+	rm -rf demo-out runs outputs multirun

@@ -1,0 +1,608 @@
+"""sdexp's LoRA training step against the diffusers-example step, same model, same run.
+
+    python bench/step.py                                   # CPU: tiny model, batch 1,4
+    python bench/step.py --model sd15-arch --batch 1,4,8   # GPU default: SD 1.5 arch, 512 px, bf16
+
+Each (implementation, batch) runs in its own subprocess so that its peak memory is its own.
+Both take the same fixed synthetic pixel batch and caption, skip ``--warmup`` steps, and report
+the median of ``--steps`` timed steps. The parent prints ratios sdexp/reference (machines are
+noisy; only the ratio within one run means much) and writes everything to a JSON file.
+
+* reference: the step of diffusers' ``train_text_to_image_lora.py`` written out below:
+  frozen VAE encode + frozen text encoder, noise / timesteps / add_noise, UNet forward under
+  autocast (bf16/fp16 if asked; none on CPU by default), SDPA attention, peft LoRA rank 4 on
+  to_q/to_k/to_v/to_out.0, MSE against epsilon, backward, clip_grad_norm_(1.0), AdamW step,
+  zero_grad, and ``loss.item()`` for logging (the example logs the loss every step too).
+* sdexp: ``LoraModule`` with method.rank=4 method.targets=attn, driven by the real
+  ``Trainer.fit``; a callback times the interval between consecutive ``on_train_step_end``
+  calls (validation is off, the final checkpoint comes after the last timed step).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "disabled")
+
+CAPTION = "a photo of sks dog on a red table"
+LORA_RANK = 4
+RESULT_TAG = "@@BENCH@@ "
+SD15_ARCH_VERSION = 1
+
+# SD 1.5's VAE (runwayml/stable-diffusion-v1-5 vae/config.json); the UNet and text encoder
+# configs come from sdexp.models.sd15_meta when it exists.
+SD15_VAE_CONFIG = dict(
+    in_channels=3,
+    out_channels=3,
+    down_block_types=("DownEncoderBlock2D",) * 4,
+    up_block_types=("UpDecoderBlock2D",) * 4,
+    block_out_channels=(128, 256, 512, 512),
+    latent_channels=4,
+    layers_per_block=2,
+    norm_num_groups=32,
+    act_fn="silu",
+    sample_size=512,
+)
+_SD15_UNET_FALLBACK = dict(
+    sample_size=64,
+    in_channels=4,
+    out_channels=4,
+    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    block_out_channels=(320, 640, 1280, 1280),
+    layers_per_block=2,
+    cross_attention_dim=768,
+    attention_head_dim=8,
+)
+_SD15_TEXT_FALLBACK = dict(
+    vocab_size=49408,
+    hidden_size=768,
+    intermediate_size=3072,
+    num_hidden_layers=12,
+    num_attention_heads=12,
+    max_position_embeddings=77,
+    hidden_act="quick_gelu",
+    projection_dim=768,
+    bos_token_id=0,
+    eos_token_id=2,
+    pad_token_id=1,
+)
+
+
+def sd15_configs() -> tuple[dict, dict]:
+    try:
+        from sdexp.models.sd15_meta import SD15_TEXT_CONFIG, SD15_UNET_CONFIG
+
+        return dict(SD15_UNET_CONFIG), dict(SD15_TEXT_CONFIG)
+    except ImportError:
+        return dict(_SD15_UNET_FALLBACK), dict(_SD15_TEXT_FALLBACK)
+
+
+# ----- models -------------------------------------------------------------------------------
+def sd15_arch_dir() -> Path:
+    from sdexp.models.tiny import cache_root
+
+    return cache_root() / "models" / f"sd15-arch-random-v{SD15_ARCH_VERSION}"
+
+
+def build_sd15_arch(out: Path, device: str) -> Path:
+    """SD 1.5's architecture with seeded random weights, written once as a diffusers folder."""
+    import shutil
+
+    import torch
+    from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    from sdexp.models.tiny import SCHEDULER_CONFIG
+    from sdexp.models.tokenizer import train_clip_tokenizer
+
+    if (out / "model_index.json").exists():
+        return out
+    unet_cfg, text_cfg = sd15_configs()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".sd15-arch-", dir=out.parent))
+    try:
+        tokenizer = CLIPTokenizer.from_pretrained(train_clip_tokenizer(staging / "tok-src"))
+        assert len(tokenizer) <= text_cfg["vocab_size"]
+        with torch.device(device):  # random init is much faster on a GPU
+            torch.manual_seed(0)
+            unet = UNet2DConditionModel(**unet_cfg)
+            torch.manual_seed(1)
+            vae = AutoencoderKL(**SD15_VAE_CONFIG)
+            torch.manual_seed(2)
+            text_encoder = CLIPTextModel(CLIPTextConfig(**text_cfg))
+        pipe = StableDiffusionPipeline(
+            vae=vae.cpu(),
+            text_encoder=text_encoder.cpu(),
+            tokenizer=tokenizer,
+            unet=unet.cpu(),
+            scheduler=DDPMScheduler(**SCHEDULER_CONFIG),
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
+        pipe.save_pretrained(staging / "model", safe_serialization=True)
+        os.replace(staging / "model", out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return out
+
+
+def model_ref(model: str) -> str:
+    return "tiny" if model == "tiny" else str(sd15_arch_dir())
+
+
+# ----- measurement helpers ------------------------------------------------------------------
+def _rss_kb() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def _maxrss_kb() -> int:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+class Meter:
+    """Step timestamps and peak memory from ``start()`` (after the model is loaded and placed)."""
+
+    def __init__(self, device):
+        import torch
+
+        self.torch = torch
+        self.cuda = device.type == "cuda"
+        self.times: list[float] = []
+        self.peak: dict = {}
+
+    def sync(self):
+        if self.cuda:
+            self.torch.cuda.synchronize()
+
+    def start(self):
+        self.sync()
+        if self.cuda:
+            self.base_mb = self.torch.cuda.memory_allocated() / 2**20
+            self.torch.cuda.reset_peak_memory_stats()
+        else:
+            self.base_rss_kb = _rss_kb()
+            self.maxrss_before_kb = _maxrss_kb()
+            try:  # Linux: "5" resets the peak RSS (VmHWM, and so ru_maxrss) to the current RSS
+                with open("/proc/self/clear_refs", "w") as f:
+                    f.write("5")
+                self.peak_reset = True
+            except OSError:
+                self.peak_reset = False
+        self.times.append(time.perf_counter())
+
+    def step_end(self):
+        self.sync()
+        self.times.append(time.perf_counter())
+
+    def finish(self):
+        """Peak memory so far (call at the last timed step, before any saving)."""
+        if self.cuda:
+            torch = self.torch
+            peak = torch.cuda.max_memory_allocated() / 2**20
+            self.peak = {
+                "peak_mb": peak,
+                "peak_abs_mb": peak,
+                "baseline_mb": self.base_mb,
+                "peak_reserved_mb": torch.cuda.max_memory_reserved() / 2**20,
+                "peak_method": "torch.cuda.max_memory_allocated",
+            }
+        else:
+            maxrss = _maxrss_kb()
+            base = self.base_rss_kb if self.peak_reset else self.maxrss_before_kb
+            self.peak = {
+                "peak_mb": (maxrss - base) / 1024,
+                "peak_abs_mb": maxrss / 1024,
+                "baseline_mb": self.base_rss_kb / 1024,
+                "peak_method": "ru_maxrss (reset via clear_refs) - RSS after setup"
+                if self.peak_reset
+                else "ru_maxrss delta (no peak reset: may under-count)",
+            }
+
+    def summary(self, warmup: int) -> dict:
+        steps = [b - a for a, b in zip(self.times, self.times[1:])]
+        timed = steps[warmup:]
+        return {
+            "step_ms_median": 1000 * statistics.median(timed),
+            "step_ms_mean": 1000 * statistics.fmean(timed),
+            "step_ms_min": 1000 * min(timed),
+            "step_ms_all": [round(1000 * s, 2) for s in steps],
+            **self.peak,
+        }
+
+
+# ----- the reference step (diffusers example) -----------------------------------------------
+def run_reference(args, device) -> dict:
+    import torch
+    import torch.nn.functional as F
+    from diffusers.training_utils import cast_training_params
+    from peft import LoraConfig
+
+    from sdexp.models.loading import load_base
+
+    weight_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.precision, torch.float32)
+    base = load_base(model_ref(args.model), dtype=weight_dtype)
+    unet, vae, text_encoder, noise_scheduler = base.unet, base.vae, base.text_encoder, base.noise_scheduler
+    torch.manual_seed(0)
+    unet.add_adapter(
+        LoraConfig(
+            r=LORA_RANK,
+            lora_alpha=LORA_RANK,
+            init_lora_weights="gaussian",
+            target_modules=["to_k", "to_q", "to_v", "to_out.0"],
+        )
+    )
+    if weight_dtype != torch.float32:
+        cast_training_params(unet, dtype=torch.float32)  # LoRA weights train in fp32
+    for m in (unet, vae, text_encoder):
+        m.to(device)
+    unet.train()
+    lora_params = [p for p in unet.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(lora_params, lr=1e-4, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8)
+    forward = unet
+    if args.compile:
+        forward = torch.compile(unet)
+
+    pixels, input_ids = fixed_inputs(args, base.tokenizer, base.native_resolution)
+    pixels = pixels.to(device, dtype=weight_dtype)
+    input_ids = input_ids.to(device)
+    autocast = torch.autocast(device.type, dtype=weight_dtype, enabled=weight_dtype != torch.float32)
+    scaler = torch.amp.GradScaler(device.type, enabled=weight_dtype == torch.float16)  # as accelerate does for fp16
+    losses = []
+
+    def step():
+        with torch.no_grad():
+            latents = vae.encode(pixels).latent_dist.sample() * vae.config.scaling_factor
+            encoder_hidden_states = text_encoder(input_ids, return_dict=False)[0]
+        noise = torch.randn_like(latents)
+        bsz = latents.shape[0]
+        timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (bsz,), device=device).long()
+        noisy_latents = noise_scheduler.add_noise(latents, noise, timesteps)
+        with autocast:
+            model_pred = forward(noisy_latents, timesteps, encoder_hidden_states, return_dict=False)[0]
+        loss = F.mse_loss(model_pred.float(), noise.float(), reduction="mean")
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(lora_params, 1.0)
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.detach().item())
+
+    meter = Meter(device)
+    meter.start()
+    total = args.warmup + args.steps
+    for i in range(total):
+        step()
+        meter.step_end()
+        if i == total - 1:
+            meter.finish()
+    n_lora_modules = sum(1 for n, _ in unet.named_modules() if n.endswith(".lora_A"))
+    return {
+        **meter.summary(args.warmup),
+        "trainable_params": sum(p.numel() for p in lora_params),
+        "lora_modules": n_lora_modules,
+        "final_loss": losses[-1],
+    }
+
+
+# ----- sdexp: LoraModule through the real Trainer.fit ---------------------------------------
+def compose_config(*overrides: str):
+    """The validated RunConfig that run.py builds for ``overrides``."""
+    from hydra import compose, initialize_config_dir
+
+    from sdexp.config import register_schemas, to_run_config
+
+    register_schemas()
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=list(overrides))
+    return to_run_config(cfg)
+
+
+def sdexp_overrides(args, total_steps: int) -> list[str]:
+    model = ["model=tiny"] if args.model == "tiny" else ["model=sd15", f"model.path={sd15_arch_dir()}"]
+    return [
+        *model,
+        "method=lora",
+        f"method.rank={LORA_RANK}",
+        "method.targets=attn",
+        f"train.batch_size={args.batch}",
+        f"train.mixed_precision={args.precision}",
+        f"train.steps={total_steps}",
+        f"train.device={args.device}",
+        "train.val_every=0",
+        "train.checkpoint_every=0",
+        "data.val_images=0",  # no validation loss at the start or end
+        "logger=none",
+    ]
+
+
+class SyntheticImages:
+    """``n`` items cycling over the fixed pixel batch, all with the fixed caption."""
+
+    def __init__(self, pixels, n: int):
+        self.pixels, self.n = pixels, n
+
+    def set_epoch(self, epoch: int) -> None:
+        pass
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> dict:
+        return {"pixel_values": self.pixels[i % len(self.pixels)], "caption": CAPTION, "path": f"synthetic-{i}"}
+
+
+def run_sdexp(args, device) -> dict:
+    import torch
+
+    from sdexp.callbacks.base import Callback
+    from sdexp.methods.lora import LoraModule
+    from sdexp.trainer import Trainer
+
+    total = args.warmup + args.steps
+    cfg = compose_config(*sdexp_overrides(args, total))
+    t = cfg.train
+    module = LoraModule(cfg)
+    resolution = 64 if args.model == "tiny" else 512
+    pixels, _ = fixed_inputs(args, None, resolution)
+    module.train_dataset = SyntheticImages(pixels, args.batch * total)  # setup() skips load_data
+    module.val_dataset = None
+    meter = Meter(torch.device(device))
+    losses = []
+
+    class Timer(Callback):
+        def on_train_start(self, trainer, module):
+            meter.torch, meter.cuda = torch, trainer.device.type == "cuda"
+            meter.start()
+
+        def on_train_step_end(self, trainer, module, logs):
+            meter.step_end()
+            losses.append(logs["train/loss"])
+            if trainer.state.step == total:
+                meter.finish()
+
+    callbacks = []
+    if args.with_logging:
+        from sdexp.callbacks import MetricsLogging, ProgressBar
+        from sdexp.tracking.run_folder import RunFolderLogger
+
+        callbacks = [MetricsLogging(RunFolderLogger(args.run_dir), t.log_every, t.batch_size), ProgressBar()]
+    trainer = Trainer(
+        run_dir=args.run_dir,
+        max_steps=t.steps,
+        seed=t.seed,
+        device=t.device,
+        mixed_precision=t.mixed_precision,
+        gradient_accumulation=t.gradient_accumulation,
+        max_grad_norm=t.max_grad_norm,
+        val_every=t.val_every,
+        checkpoint_every=t.checkpoint_every,
+        log_every=t.log_every,
+        callbacks=[*callbacks, Timer()],  # last, so the other callbacks' cost is inside the step
+    )
+    state = trainer.fit(module)
+    assert state.step == total, state
+    unet = module.base.unet
+    return {
+        **meter.summary(args.warmup),
+        "trainable_params": sum(p.numel() for p in unet.parameters() if p.requires_grad),
+        "lora_modules": sum(1 for n, _ in unet.named_modules() if n.endswith(".lora_A")),
+        "final_loss": losses[-1],
+        "device": str(trainer.device),
+    }
+
+
+def fixed_inputs(args, tokenizer, resolution: int):
+    """The same pixel batch (uniform in [-1, 1], seed 1234) and caption ids for both sides."""
+    import torch
+
+    g = torch.Generator().manual_seed(1234)
+    pixels = torch.rand((args.batch, 3, resolution, resolution), generator=g) * 2 - 1
+    ids = None
+    if tokenizer is not None:
+        ids = tokenizer(
+            [CAPTION] * args.batch,
+            padding="max_length",
+            max_length=tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids
+    return pixels, ids
+
+
+def worker(args) -> None:
+    import torch
+
+    from sdexp.run import quiet_libraries
+
+    quiet_libraries()
+    if args.worker == "build":
+        build_sd15_arch(sd15_arch_dir(), "cuda" if args.device == "cuda" else "cpu")
+        return
+    device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="sdexp-bench-") as tmp:
+        args.run_dir = tmp
+        result = run_reference(args, device) if args.worker == "ref" else run_sdexp(args, device)
+    result.update(
+        impl=args.worker,
+        model=args.model,
+        batch=args.batch,
+        precision=args.precision,
+        wall_s=time.perf_counter() - started,
+        threads=torch.get_num_threads(),
+    )
+    result.setdefault("device", str(device))
+    print(RESULT_TAG + json.dumps(result), flush=True)
+
+
+# ----- the parent: subprocesses, table, JSON ------------------------------------------------
+def spawn(args, impl: str, batch: int | None) -> dict | None:
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--worker", impl,
+        "--model", args.model,
+        "--steps", str(args.steps),
+        "--warmup", str(args.warmup),
+        "--precision", args.precision,
+        "--device", args.device,
+    ]
+    if batch is not None:
+        cmd += ["--batch", str(batch)]
+    if args.compile:
+        cmd.append("--compile")
+    if args.with_logging:
+        cmd.append("--with-logging")
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    for line in proc.stdout.splitlines():
+        if line.startswith(RESULT_TAG):
+            return json.loads(line[len(RESULT_TAG):])
+    if impl == "build" and proc.returncode == 0:
+        return {}
+    tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-25:])
+    print(f"!! {impl} batch={batch} failed (exit {proc.returncode}):\n{tail}", file=sys.stderr)
+    return None
+
+
+def _median_of(runs: list[dict], key: str):
+    values = [r[key] for r in runs if r and r.get(key) is not None]
+    return statistics.median(values) if values else None
+
+
+def combine(runs: list[dict]) -> dict | None:
+    runs = [r for r in runs if r]
+    if not runs:
+        return None
+    out = dict(runs[0])
+    for key in ("step_ms_median", "peak_mb", "peak_abs_mb"):
+        out[key] = _median_of(runs, key)
+    out["repeats"] = [{k: r[k] for k in ("step_ms_median", "peak_mb", "wall_s")} for r in runs]
+    return out
+
+
+def fmt(x, spec=".1f"):
+    return "-" if x is None else format(x, spec)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", choices=("tiny", "sd15-arch"), default=None, help="default: tiny on CPU, sd15-arch on CUDA")
+    p.add_argument("--batch", default=None, help="comma list, default 1,4 on CPU and 1,4,8 on CUDA")
+    p.add_argument("--steps", type=int, default=20, help="timed steps")
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+    p.add_argument("--precision", choices=("no", "bf16", "fp16"), default=None, help="default: no on CPU, bf16 on CUDA")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--compile", action="store_true", help="torch.compile the UNet where supported")
+    p.add_argument("--with-logging", action="store_true", help="sdexp also runs train_run's metrics logger and progress bar")
+    p.add_argument("--repeats", type=int, default=1, help="run each (impl, batch) pair this many times, alternating")
+    p.add_argument("--json", default=None, help="where to write results (default bench/results-<device>.json)")
+    p.add_argument("--worker", choices=("ref", "sdexp", "build"), help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+
+    if args.worker:
+        args.batch = int(args.batch or 1)
+        worker(args)
+        return 0
+
+    import torch
+
+    cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
+    device = "cuda" if cuda else "cpu"
+    args.device = device
+    args.model = args.model or ("sd15-arch" if cuda else "tiny")
+    args.precision = args.precision or ("bf16" if cuda else "no")
+    batches = [int(b) for b in (args.batch or ("1,4,8" if cuda else "1,4")).split(",")]
+    if args.compile:
+        from sdexp.config import TrainConfig
+
+        if "compile" not in TrainConfig.__dataclass_fields__:
+            print("note: sdexp has no train.compile option; --compile compiles the reference UNet only")
+    if args.model == "sd15-arch" and not (sd15_arch_dir() / "model_index.json").exists():
+        print(f"building the SD 1.5-architecture random-weight model in {sd15_arch_dir()} ...", flush=True)
+        t0 = time.perf_counter()
+        if spawn(args, "build", None) is None:
+            return 1
+        print(f"  built in {time.perf_counter() - t0:.0f}s", flush=True)
+
+    rows = []
+    for batch in batches:
+        runs = {"ref": [], "sdexp": []}
+        for _ in range(args.repeats):
+            for impl in ("ref", "sdexp"):
+                print(f"running {impl:5s} model={args.model} batch={batch} ...", flush=True)
+                runs[impl].append(spawn(args, impl, batch))
+        ref, ours = combine(runs["ref"]), combine(runs["sdexp"])
+        row = {"model": args.model, "batch": batch, "device": device, "precision": args.precision, "ref": ref, "sdexp": ours}
+        if ref and ours:
+            row["time_ratio"] = ours["step_ms_median"] / ref["step_ms_median"]
+            row["mem_ratio"] = ours["peak_mb"] / ref["peak_mb"] if ref["peak_mb"] > 0 else None
+            if ref["trainable_params"] != ours["trainable_params"]:
+                print(
+                    f"!! trainable params differ: ref {ref['trainable_params']} vs sdexp {ours['trainable_params']}",
+                    file=sys.stderr,
+                )
+        rows.append(row)
+
+    name = torch.cuda.get_device_name() if cuda else f"cpu x{torch.get_num_threads()} threads"
+    print(f"\n{args.model} on {name}, precision={args.precision}, median of {args.steps} steps after {args.warmup} warm-up")
+    mem_label = "peak MB" if cuda else "peak MB (RSS over post-setup)"
+    print(f"memory: {mem_label}")
+    head = (
+        f"{'batch':>5} | {'ref ms':>8} {'sdexp ms':>9} {'time x':>7} | {'ref MB':>8} {'sdexp MB':>9} {'mem x':>6} | "
+        f"{'ref img/s':>9} {'sdexp img/s':>11}"
+    )
+    print(head)
+    print("-" * len(head))
+    for row in rows:
+        ref, ours = row["ref"] or {}, row["sdexp"] or {}
+        r_ms, s_ms = ref.get("step_ms_median"), ours.get("step_ms_median")
+        print(
+            f"{row['batch']:>5} | {fmt(r_ms):>8} {fmt(s_ms):>9} {fmt(row.get('time_ratio'), '.2f'):>7} | "
+            f"{fmt(ref.get('peak_mb')):>8} {fmt(ours.get('peak_mb')):>9} {fmt(row.get('mem_ratio'), '.2f'):>6} | "
+            f"{fmt(row['batch'] * 1000 / r_ms if r_ms else None, '.2f'):>9} "
+            f"{fmt(row['batch'] * 1000 / s_ms if s_ms else None, '.2f'):>11}"
+        )
+    for row in rows:
+        ref, ours = row["ref"] or {}, row["sdexp"] or {}
+        if ref and ours:
+            print(
+                f"batch {row['batch']}: absolute peak ref {ref['peak_abs_mb']:.0f} MB, sdexp {ours['peak_abs_mb']:.0f} MB; "
+                f"trainable params ref {ref['trainable_params']} / sdexp {ours['trainable_params']} "
+                f"({ref['lora_modules']} / {ours['lora_modules']} LoRA modules)"
+            )
+    out = Path(args.json) if args.json else REPO / "bench" / f"results-{device}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "device": name,
+        "torch": torch.__version__,
+        "args": {k: v for k, v in vars(args).items() if k != "worker"},
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    print(f"\nresults: {out}")
+    return 0 if all(r["ref"] and r["sdexp"] for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

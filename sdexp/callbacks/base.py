@@ -1,0 +1,20 @@
+"""The callback hooks the trainer calls (Lightning's names, trimmed to what we use)."""
+
+from __future__ import annotations
+
+
+class Callback:
+    def on_train_start(self, trainer, module) -> None:
+        pass
+
+    def on_train_step_end(self, trainer, module, logs: dict) -> None:
+        pass
+
+    def on_validation_end(self, trainer, module, metrics: dict) -> None:
+        pass
+
+    def on_checkpoint(self, trainer, module, path) -> None:
+        pass
+
+    def on_train_end(self, trainer, module) -> None:
+        pass

@@ -1,0 +1,210 @@
+"""The ``sdexp`` command: one function per subcommand, registered with ``@subcommand``.
+
+To add a subcommand, write ``@subcommand("name", help=..., args=[arg("--flag", ...)])`` over a
+function ``(args) -> int | None`` in any module and list that module in ``COMMAND_MODULES``.
+Every UserError becomes one line on stderr and exit code 2; heavy imports happen inside commands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sdexp.errors import EXIT_USER_ERROR, UserError, report_and_exit
+
+# Modules whose import registers further subcommands (kept lazy: imported only to build the parser).
+COMMAND_MODULES: tuple[str, ...] = ()
+
+
+@dataclass
+class Command:
+    name: str
+    run: Callable[[argparse.Namespace], int | None]
+    help: str
+    args: list[tuple[tuple, dict]] = field(default_factory=list)
+
+
+COMMANDS: dict[str, Command] = {}
+
+
+def arg(*names, **kwargs) -> tuple[tuple, dict]:
+    """One ``add_argument`` call, written where the subcommand is declared."""
+    return names, kwargs
+
+
+def subcommand(name: str, *, help: str, args: list[tuple[tuple, dict]] | None = None):
+    """Register ``fn(args)`` as ``sdexp NAME``."""
+
+    def register(fn):
+        COMMANDS[name] = Command(name, fn, help, list(args or []))
+        return fn
+
+    return register
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad command line as one line and exit 2, like every other user error."""
+
+    def error(self, message: str):
+        print(f"{self.prog}: error: {message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
+
+
+def quiet_libraries() -> None:
+    """No progress bars or info logs from transformers/diffusers/huggingface_hub in CLI output."""
+    import os
+    import warnings
+
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"(diffusers|transformers|peft)\b.*")
+    try:
+        import diffusers.utils.logging as dlog
+        import transformers.utils.logging as tlog
+
+        for log in (dlog, tlog):
+            log.set_verbosity_error()
+            log.disable_progress_bar()
+    except ImportError:  # pragma: no cover - both are dependencies
+        pass
+
+
+# ---------------------------------------------------------------- subcommands
+
+
+def _lora_pairs(files: list[str], scales: list[float] | None) -> list[tuple[str, float]]:
+    if not scales:
+        return [(f, 1.0) for f in files]
+    if not files:
+        raise UserError("--lora-scale given without --lora")
+    if len(scales) == 1:
+        return [(f, scales[0]) for f in files]
+    if len(scales) != len(files):
+        raise UserError(f"--lora-scale: give one scale for all LoRAs or one per --lora ({len(files)}), not {len(scales)}")
+    return list(zip(files, scales, strict=True))
+
+
+@subcommand(
+    "generate",
+    help="generate images from a base model and LoRAs (PNG with A1111 parameters)",
+    args=[
+        arg("--model", required=True, help="built-in name (tiny) or diffusers model folder"),
+        arg("--lora", action="append", default=[], metavar="FILE", help="LoRA file or folder (kohya or diffusers); repeatable"),
+        arg("--lora-scale", action="append", type=float, metavar="S", help="one scale per --lora, or one for all"),
+        arg("--prompt", required=True),
+        arg("--negative", default="", help="negative prompt"),
+        arg("--steps", type=int, default=30),
+        arg("--guidance", type=float, default=7.5, help="classifier-free guidance scale"),
+        arg("--seed", type=int, default=None, help="seed of the first image (image i uses seed+i); random if omitted"),
+        arg("-n", type=int, default=1, help="number of images"),
+        arg("--width", type=int, default=None, help="default: the model's native resolution"),
+        arg("--height", type=int, default=None),
+        arg("--scheduler", default="euler_a", choices=["euler", "euler_a", "dpmpp_2m", "ddim"]),
+        arg("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps"),
+        arg("--dtype", default="auto", choices=["auto", "fp32", "fp16", "bf16"], help="auto: fp16 on CUDA, else fp32"),
+        arg("--out", required=True, type=Path, help="output folder"),
+    ],
+)
+def cmd_generate(args: argparse.Namespace) -> int:
+    from sdexp.generate import generate
+
+    paths = generate(
+        args.model, _lora_pairs(args.lora, args.lora_scale), prompt=args.prompt, negative=args.negative,
+        steps=args.steps, guidance=args.guidance, seed=args.seed, n=args.n, width=args.width, height=args.height,
+        scheduler=args.scheduler, out_dir=args.out, device=args.device, dtype=args.dtype,
+    )
+    for path in paths:
+        print(path)
+    return 0
+
+
+@subcommand(
+    "inspect",
+    help="show format, family, rank/alpha and targets of a LoRA, or the components of a model folder",
+    args=[arg("path", help="LoRA .safetensors file (or folder holding one), model folder or built-in name"),
+          arg("--json", action="store_true", help="print JSON instead of tables")],
+)
+def cmd_inspect(args: argparse.Namespace) -> int:
+    import json
+
+    from sdexp.inspect import inspect_path, print_report
+
+    info = inspect_path(args.path)
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        print_report(info)
+    return 0
+
+
+@subcommand(
+    "export-model",
+    help="write a base model (built-in name or folder) as a diffusers folder",
+    args=[arg("model", metavar="NAME_OR_PATH"), arg("out", metavar="OUT", type=Path),
+          arg("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])],
+)
+def cmd_export_model(args: argparse.Namespace) -> int:
+    import os
+    import shutil
+    import tempfile
+
+    from sdexp.models.loading import DTYPES, load_base
+
+    out: Path = args.out.expanduser()
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UserError(f"export-model: {out} exists and is not empty; choose a new folder")
+    base = load_base(args.model, dtype=DTYPES[args.dtype])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        base.pipeline().save_pretrained(staging, safe_serialization=True)
+        os.replace(staging, out)  # atomic; replaces an empty folder
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    print(out)
+    return 0
+
+
+# ---------------------------------------------------------------- entry point
+
+
+def build_parser() -> argparse.ArgumentParser:
+    for module in COMMAND_MODULES:
+        importlib.import_module(module)
+    parser = _Parser(prog="sdexp", description="Stable Diffusion fine-tuning experiments.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for command in COMMANDS.values():
+        p = sub.add_parser(command.name, help=command.help, description=command.help)
+        for names, kwargs in command.args:
+            p.add_argument(*names, **kwargs)
+        p.set_defaults(_run=command.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse ``argv``, run the subcommand, turn UserErrors into one line and exit 2."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "_run", None):
+        parser.print_help(sys.stderr)
+        return EXIT_USER_ERROR
+    quiet_libraries()
+    try:
+        return int(args._run(args) or 0)
+    except UserError as err:
+        report_and_exit(err, prefix=f"sdexp {args.command}")
+    except KeyboardInterrupt:
+        print("sdexp: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,287 @@
+"""Run-config schemas and their validation.
+
+Hydra composes YAML from ``conf/`` onto these dataclasses (registered in Hydra's ConfigStore),
+so an unknown key or a value of the wrong type fails at composition. ``validate`` then checks
+ranges and choices that types cannot express. Both failures are ``ConfigError``: one line
+naming the key, exit code 2.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, is_dataclass
+from typing import Any
+
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from sdexp.errors import ConfigError
+
+LORA_TARGETS = ("attn", "transformer", "all")
+SCHEDULERS = (
+    "constant",
+    "constant_with_warmup",
+    "linear",
+    "cosine",
+    "cosine_with_restarts",
+    "polynomial",
+)
+MIXED_PRECISION = ("no", "fp16", "bf16")
+MODEL_DTYPES = ("auto", "fp32", "fp16", "bf16")
+PREDICTION_TYPES = ("epsilon", "v_prediction")
+CROPS = ("center", "random")
+SAMPLERS = ("euler", "euler_a", "dpmpp_2m", "ddim")
+WANDB_MODES = ("auto", "online", "offline", "disabled")
+LOGGERS = ("wandb", "none")
+DEVICES = ("auto", "cpu", "cuda")
+MONITOR_MODES = ("min", "max")
+
+
+@dataclass
+class ModelConfig:
+    """Which base model to fine-tune and how its frozen weights are held."""
+
+    name: str = "tiny"  # "tiny" (built-in), "sd15" (needs path), or any name when path is set
+    family: str = "sd1"
+    path: str | None = None  # a diffusers-format folder
+    variant: str | None = None  # e.g. "fp16"; null = detect from the files present
+    dtype: str = "auto"  # frozen weights; auto = the mixed-precision dtype, else fp32
+    prediction_type: str | None = None  # null = from the model's scheduler config
+    resolution: int | None = None  # null = the family's native resolution
+    allow_pickle: bool = False  # load .bin (pickle) weights; they can run code
+
+
+@dataclass
+class MethodConfig:
+    """Fields every method has; each method's schema extends it."""
+
+    name: str = MISSING
+
+
+@dataclass
+class LoraMethodConfig(MethodConfig):
+    """LoRA through peft; saved as kohya and diffusers files."""
+
+    name: str = "lora"
+    rank: int = 4
+    alpha: float | None = None  # null = rank (scale 1.0)
+    targets: str = "transformer"  # attn | transformer | all
+    dropout: float = 0.0
+    train_text_encoder: bool = False
+    text_encoder_lr: float | None = None  # null = train.lr
+    text_encoder_rank: int | None = None  # null = rank
+
+
+@dataclass
+class DataConfig:
+    """Where the images are and how each becomes a training example."""
+
+    dir: str | None = None
+    prompt: str | None = None  # caption for images without a sidecar
+    caption_extension: str = ".txt"
+    crop: str = "center"
+    flip: bool = False
+    skip_bad: bool = False
+    val_dir: str | None = None  # held-out images for validation loss; null = training images
+    val_images: int = 4  # how many images the validation loss uses
+    num_workers: int = 0
+
+
+@dataclass
+class EarlyStoppingConfig:
+    monitor: str = "val/loss"
+    mode: str = "min"
+    patience: int = 0  # validations without improvement; 0 = off
+    min_delta: float = 0.0
+
+
+@dataclass
+class TrainConfig:
+    """The optimisation loop: steps, optimiser, schedule, precision, cadence of side jobs."""
+
+    seed: int = 0
+    steps: int = 500
+    batch_size: int = 1
+    gradient_accumulation: int = 1
+    lr: float = 1e-4
+    scheduler: str = "constant"
+    warmup_steps: int = 0
+    num_cycles: int = 1  # cosine_with_restarts
+    power: float = 1.0  # polynomial
+    weight_decay: float = 1e-2
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_epsilon: float = 1e-8
+    max_grad_norm: float | None = 1.0
+    mixed_precision: str = "no"
+    gradient_checkpointing: bool = False
+    device: str = "auto"
+    resolution: int | None = None  # null = model.resolution or the family's native one
+    min_snr_gamma: float | None = None
+    noise_offset: float = 0.0
+    checkpoint_every: int = 0  # 0 = only the final checkpoint
+    val_every: int = 0  # 0 = validate only at checkpoints and at the end
+    val_timesteps: int = 8  # fixed timestep grid of the validation loss
+    sample_every: int = 0  # 0 = samples only at the end (when sample_prompts is set)
+    sample_prompts: list[str] = field(default_factory=list)
+    sample_steps: int = 20
+    sample_guidance: float = 7.5
+    sample_seed: int = 0
+    sample_scheduler: str = "dpmpp_2m"
+    log_every: int = 1
+    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
+
+
+@dataclass
+class LoggerConfig:
+    name: str = "wandb"  # wandb | none
+    project: str = "sdexp"
+    entity: str | None = None
+    group: str | None = None
+    run_name: str | None = None
+    tags: list[str] = field(default_factory=list)
+    mode: str = "auto"  # auto = online with credentials, else offline
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    method: Any = MISSING
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+
+
+METHOD_SCHEMAS: dict[str, type[MethodConfig]] = {"lora": LoraMethodConfig}
+
+
+def register_schemas() -> None:
+    """Register the schemas with Hydra's ConfigStore (idempotent)."""
+    from hydra.core.config_store import ConfigStore
+
+    cs = ConfigStore.instance()
+    cs.store(name="config_schema", node=RunConfig)
+    for name, schema in METHOD_SCHEMAS.items():
+        cs.store(group="method", name=f"{name}_schema", node=schema)
+
+
+def _first_line(text: str) -> str:
+    return text.strip().splitlines()[0] if text.strip() else text
+
+
+def to_run_config(cfg: DictConfig | dict) -> RunConfig:
+    """Type a composed (or saved, plain) config against the schemas and validate it."""
+    if not isinstance(cfg, DictConfig):
+        cfg = OmegaConf.create(cfg)
+    cfg = OmegaConf.masked_copy(cfg, [k for k in cfg.keys() if k != "hydra"])
+    method_name = OmegaConf.select(cfg, "method.name")
+    if method_name not in METHOD_SCHEMAS:
+        raise ConfigError(
+            f"method.name: unknown method {method_name!r}; choose one of {', '.join(METHOD_SCHEMAS)}"
+        )
+    schema = OmegaConf.structured(RunConfig)
+    schema.method = OmegaConf.structured(METHOD_SCHEMAS[method_name])
+    _reject_unknown_keys(OmegaConf.to_container(cfg, resolve=False), RunConfig(method=METHOD_SCHEMAS[method_name]()))
+    try:
+        typed = OmegaConf.merge(schema, cfg)
+        run_config = OmegaConf.to_object(typed)
+    except OmegaConfBaseException as err:
+        raise ConfigError(describe_omegaconf_error(err)) from None
+    validate(run_config)
+    return run_config
+
+
+def _reject_unknown_keys(values: dict, schema: Any, prefix: str = "") -> None:
+    """Hydra's `+key=value` can slip keys past the schema; refuse any key the schema lacks."""
+    if not is_dataclass(schema) or not isinstance(values, dict):
+        return
+    names = {f.name: f for f in fields(schema)}
+    for key, value in values.items():
+        full = f"{prefix}{key}"
+        if key not in names:
+            raise ConfigError(f"{full}: unknown key (valid keys here: {', '.join(names)})")
+        _reject_unknown_keys(value, getattr(schema, key), prefix=f"{full}.")
+
+
+def describe_omegaconf_error(err: BaseException) -> str:
+    """One line from an OmegaConf/Hydra error: the key and what is wrong with it."""
+    key = getattr(err, "full_key", None)
+    msg = getattr(err, "msg", None) or str(err)
+    line = _first_line(str(msg))
+    if "not in struct" in line or "not in '" in line.replace('"', "'"):
+        return f"{key or line}: unknown key ({line})"
+    return f"{key}: {line}" if key else line
+
+
+def _choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{name}: {value!r} is not one of {', '.join(choices)}")
+
+
+def _positive(name: str, value: float | int | None, *, allow_zero: bool = False, optional=False) -> None:
+    if value is None and optional:
+        return
+    if value is None or value < 0 or (value == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ConfigError(f"{name}: must be {bound} (got {value})")
+
+
+def validate(cfg: RunConfig) -> None:
+    """Check choices and ranges; raise ConfigError naming the first bad key."""
+    m, t, d, lg = cfg.model, cfg.train, cfg.data, cfg.logger
+    _choice("model.dtype", m.dtype, MODEL_DTYPES)
+    if m.prediction_type is not None:
+        _choice("model.prediction_type", m.prediction_type, PREDICTION_TYPES)
+    _positive("model.resolution", m.resolution, optional=True)
+    if m.name != "tiny" and not m.path:
+        raise ConfigError(
+            f"model.path: model={m.name} needs model.path=DIR (a diffusers-format Stable Diffusion folder)"
+        )
+    method = cfg.method
+    if isinstance(method, LoraMethodConfig):
+        _positive("method.rank", method.rank)
+        _positive("method.alpha", method.alpha, optional=True)
+        _choice("method.targets", method.targets, LORA_TARGETS)
+        if not 0.0 <= method.dropout < 1.0:
+            raise ConfigError(f"method.dropout: must be in [0, 1) (got {method.dropout})")
+        _positive("method.text_encoder_lr", method.text_encoder_lr, optional=True)
+        _positive("method.text_encoder_rank", method.text_encoder_rank, optional=True)
+    _choice("data.crop", d.crop, CROPS)
+    if not d.caption_extension.startswith("."):
+        raise ConfigError(f"data.caption_extension: must start with '.' (got {d.caption_extension!r})")
+    _positive("data.val_images", d.val_images, allow_zero=True)
+    _positive("data.num_workers", d.num_workers, allow_zero=True)
+    _positive("train.steps", t.steps)
+    _positive("train.batch_size", t.batch_size)
+    _positive("train.gradient_accumulation", t.gradient_accumulation)
+    _positive("train.lr", t.lr)
+    _choice("train.scheduler", t.scheduler, SCHEDULERS)
+    _positive("train.warmup_steps", t.warmup_steps, allow_zero=True)
+    if t.warmup_steps >= t.steps and t.warmup_steps > 0:
+        raise ConfigError(f"train.warmup_steps: {t.warmup_steps} must be below train.steps ({t.steps})")
+    _positive("train.num_cycles", t.num_cycles)
+    _positive("train.power", t.power)
+    _positive("train.weight_decay", t.weight_decay, allow_zero=True)
+    _positive("train.max_grad_norm", t.max_grad_norm, optional=True)
+    _choice("train.mixed_precision", t.mixed_precision, MIXED_PRECISION)
+    _choice("train.device", t.device, DEVICES)
+    _positive("train.resolution", t.resolution, optional=True)
+    resolution = t.resolution or m.resolution
+    if resolution is not None and resolution % 8:
+        raise ConfigError(f"train.resolution: must be a multiple of 8 (got {resolution})")
+    _positive("train.min_snr_gamma", t.min_snr_gamma, optional=True)
+    _positive("train.noise_offset", t.noise_offset, allow_zero=True)
+    for key in ("checkpoint_every", "val_every", "sample_every"):
+        _positive(f"train.{key}", getattr(t, key), allow_zero=True)
+    _positive("train.val_timesteps", t.val_timesteps)
+    _positive("train.sample_steps", t.sample_steps)
+    _positive("train.log_every", t.log_every)
+    _choice("train.sample_scheduler", t.sample_scheduler, SAMPLERS)
+    _choice("train.early_stopping.mode", t.early_stopping.mode, MONITOR_MODES)
+    _positive("train.early_stopping.patience", t.early_stopping.patience, allow_zero=True)
+    _choice("logger.name", lg.name, LOGGERS)
+    _choice("logger.mode", lg.mode, WANDB_MODES)
+
+
+def as_plain_dict(cfg: RunConfig) -> dict:
+    """The typed config as plain containers (for saving and for W&B)."""
+    return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)

@@ -1,0 +1,180 @@
+"""peft module names and LoRA tensors ↔ kohya sd-scripts names (what A1111/ComfyUI load).
+
+kohya names a module by its full diffusers name with dots turned into underscores, prefixed
+``lora_unet_`` or ``lora_te_`` (``lora_te1_``/``lora_te2_`` for SDXL's two encoders). kohya's text
+encoder names carry transformers 4's ``text_model.`` prefix, which transformers 5's CLIPTextModel
+no longer has, so it is added on export and removed on import, explicitly.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+import torch
+
+UNET_PREFIX = "lora_unet"
+TE_PREFIXES = ("lora_te", "lora_te1", "lora_te2")
+TEXT_MODEL = "text_model."
+
+# Multi-word names in SD UNet / CLIP module paths, used to undo "." → "_" without a model at hand.
+_COMPOUNDS = (
+    "down_blocks", "up_blocks", "mid_block", "transformer_blocks", "to_q", "to_k", "to_v", "to_out",
+    "proj_in", "proj_out", "conv_shortcut", "time_emb_proj", "conv_in", "conv_out", "time_embedding",
+    "linear_1", "linear_2", "add_embedding", "text_model", "self_attn", "q_proj", "k_proj", "v_proj",
+    "out_proj", "text_projection", "final_layer_norm", "layer_norm1", "layer_norm2",
+)
+_PEFT_KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<ab>[AB])(?:\.(?P<adapter>[^.]+))?\.weight$")
+_KOHYA_KEY = re.compile(r"^(?P<name>[^.]+)\.(?P<kind>lora_down\.weight|lora_up\.weight|alpha)$")
+
+
+def clean_module_name(module_name: str) -> str:
+    """Drop wrappers' prefixes (torch.compile's ``_orig_mod.``, DDP's ``module.``) from a name."""
+    for prefix in ("_orig_mod.", "module."):
+        while module_name.startswith(prefix):
+            module_name = module_name[len(prefix):]
+    return module_name
+
+
+def kohya_unet_name(module_name: str) -> str:
+    """``down_blocks.0.attentions.0.proj_in`` → ``lora_unet_down_blocks_0_attentions_0_proj_in``."""
+    return f"{UNET_PREFIX}_" + clean_module_name(module_name).replace(".", "_")
+
+
+def kohya_te_name(module_name: str, prefix: str = "lora_te") -> str:
+    """A CLIP module name (with or without ``text_model.``) → ``lora_te_text_model_…``."""
+    name = clean_module_name(module_name)
+    if not name.startswith(TEXT_MODEL):
+        name = TEXT_MODEL + name
+    return f"{prefix}_" + name.replace(".", "_")
+
+
+def _guess_dotted(underscored: str) -> str:
+    """Undo ``.`` → ``_`` for SD/CLIP module names (the same guesswork diffusers does)."""
+    tokens = underscored.split("_")
+    out: list[str] = []
+    i = 0
+    while i < len(tokens):
+        for width in (3, 2):
+            joined = "_".join(tokens[i:i + width])
+            if i + width <= len(tokens) and joined in _COMPOUNDS:
+                out.append(joined)
+                i += width
+                break
+        else:
+            out.append(tokens[i])
+            i += 1
+    return ".".join(out)
+
+
+def _split_peft(state_dict: Mapping[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
+    """peft keys → {module: {"A": tensor, "B": tensor}}; anything else is an error."""
+    modules: dict[str, dict[str, torch.Tensor]] = {}
+    for key, tensor in state_dict.items():
+        match = _PEFT_KEY.match(key)
+        if not match:
+            raise ValueError(f"not a plain LoRA weight: {key!r} (DoRA, biases and other adapters are unsupported)")
+        modules.setdefault(clean_module_name(match["module"]), {})[match["ab"]] = tensor
+    for module, pair in modules.items():
+        if set(pair) != {"A", "B"}:
+            raise ValueError(f"LoRA module {module!r} lacks lora_A or lora_B")
+    return modules
+
+
+def _alpha_of(alpha: float | Mapping[str, float], module: str) -> float:
+    if isinstance(alpha, Mapping):
+        return float(alpha[module])
+    return float(alpha)
+
+
+def to_kohya_state_dict(
+    unet_sd: Mapping[str, torch.Tensor],
+    te_sd: Mapping[str, torch.Tensor] | None = None,
+    *,
+    unet_alpha: float | Mapping[str, float],
+    te_alpha: float | Mapping[str, float] | None = None,
+    te_prefix: str = "lora_te",
+    dtype: torch.dtype | None = None,
+) -> dict[str, torch.Tensor]:
+    """peft state dicts (``….lora_A.weight``) → kohya ``NAME.lora_down/lora_up.weight`` + ``NAME.alpha``.
+
+    Alphas are the real ones (scale = alpha / rank); a mapping gives one per module name.
+    """
+    out: dict[str, torch.Tensor] = {}
+    parts = [(unet_sd, unet_alpha, kohya_unet_name)]
+    if te_sd:
+        if te_alpha is None:
+            raise ValueError("te_alpha is required with a text encoder state dict")
+        parts.append((te_sd, te_alpha, lambda m: kohya_te_name(m, te_prefix)))
+    for sd, alpha, namer in parts:
+        for module, pair in sorted(_split_peft(sd).items()):
+            name = namer(module)
+            down, up = (t.detach().to("cpu") for t in (pair["A"], pair["B"]))
+            if dtype is not None:
+                down, up = down.to(dtype), up.to(dtype)
+            out[f"{name}.lora_down.weight"] = down.contiguous()
+            out[f"{name}.lora_up.weight"] = up.contiguous()
+            out[f"{name}.alpha"] = torch.tensor(_alpha_of(alpha, module), dtype=dtype or down.dtype)
+    return out
+
+
+@dataclass
+class PeftLora:
+    """A kohya file read back as peft state dicts and per-module alphas (diffusers module names)."""
+
+    unet: dict[str, torch.Tensor] = field(default_factory=dict)
+    text_encoders: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)  # kohya prefix → sd
+    unet_alphas: dict[str, float] = field(default_factory=dict)
+    te_alphas: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    @property
+    def text_encoder(self) -> dict[str, torch.Tensor]:
+        """The (first) text encoder's state dict; SD 1.x has one."""
+        return self.text_encoders.get("lora_te") or self.text_encoders.get("lora_te1") or {}
+
+
+def _lookup(names: Iterable[str] | None, namer) -> dict[str, str]:
+    return {namer(n): clean_module_name(n) for n in names} if names is not None else {}
+
+
+def from_kohya_state_dict(
+    state_dict: Mapping[str, torch.Tensor],
+    *,
+    unet_modules: Iterable[str] | None = None,
+    te_modules: Iterable[str] | None = None,
+    keep_text_model_prefix: bool = False,
+) -> PeftLora:
+    """kohya tensors → :class:`PeftLora` (peft keys ``….lora_A.weight``), the inverse of ``to_kohya_state_dict``.
+
+    With ``unet_modules``/``te_modules`` (a model's module names) names map exactly; without, they are
+    reconstructed from the known SD/CLIP vocabulary. Text-encoder names lose ``text_model.`` unless kept.
+    """
+    unet_lookup = _lookup(unet_modules, kohya_unet_name)
+    te_lookups = {p: _lookup(te_modules, lambda m, p=p: kohya_te_name(m, p)) for p in TE_PREFIXES}
+    result = PeftLora()
+    for key, tensor in state_dict.items():
+        match = _KOHYA_KEY.match(key)
+        if not match:
+            raise ValueError(f"not a kohya LoRA key: {key!r}")
+        name, kind = match["name"], match["kind"]
+        prefix = next((p for p in (UNET_PREFIX, *TE_PREFIXES) if name.startswith(p + "_")), None)
+        if prefix is None:
+            raise ValueError(f"kohya key {key!r} is neither lora_unet_ nor lora_te*_")
+        lookup = unet_lookup if prefix == UNET_PREFIX else te_lookups[prefix]
+        if lookup:
+            if name not in lookup:
+                raise ValueError(f"kohya module {name!r} matches no module of the model")
+            module = lookup[name]
+        else:
+            module = _guess_dotted(name[len(prefix) + 1:])
+        if prefix != UNET_PREFIX:
+            module = module.removeprefix(TEXT_MODEL)
+            module = TEXT_MODEL + module if keep_text_model_prefix else module
+        if kind == "alpha":
+            target = result.unet_alphas if prefix == UNET_PREFIX else result.te_alphas.setdefault(prefix, {})
+            target[module] = float(tensor.item())
+            continue
+        sd = result.unet if prefix == UNET_PREFIX else result.text_encoders.setdefault(prefix, {})
+        sd[f"{module}.lora_{'A' if kind == 'lora_down.weight' else 'B'}.weight"] = tensor
+    return result

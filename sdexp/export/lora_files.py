@@ -1,0 +1,243 @@
+"""Write a trained LoRA as a kohya file (A1111/ComfyUI) and a diffusers file, atomically and reproducibly.
+
+safetensors writes its metadata in hash-map order, which changes from process to process; files
+here get a canonical header (sorted metadata) so that same weights + metadata → same bytes.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import math
+import os
+import struct
+import tempfile
+import uuid
+from pathlib import Path
+
+import torch
+
+from sdexp.export.kohya import TEXT_MODEL, clean_module_name, to_kohya_state_dict
+
+KOHYA_FILE = "lora.safetensors"
+DIFFUSERS_DIR = "diffusers"
+DIFFUSERS_FILE = "pytorch_lora_weights.safetensors"
+
+
+# ---------------------------------------------------------------- safetensors bytes
+
+
+def _split_safetensors(data: bytes) -> tuple[dict, bytes]:
+    """Bytes of a safetensors file → (header dict, tensor data section)."""
+    (length,) = struct.unpack("<Q", data[:8])
+    return json.loads(data[8:8 + length]), data[8 + length:]
+
+
+def canonical_safetensors(data: bytes, extra_metadata: dict[str, str] | None = None) -> bytes:
+    """Re-serialize a safetensors file's header with sorted metadata (plus ``extra_metadata``)."""
+    header, body = _split_safetensors(data)
+    metadata = {**header.pop("__metadata__", {}), **(extra_metadata or {})}
+    ordered = {"__metadata__": dict(sorted(metadata.items()))} if metadata else {}
+    ordered.update(header)  # tensor entries keep safetensors' (deterministic) offset order
+    text = json.dumps(ordered, separators=(",", ":"), ensure_ascii=False).encode()
+    text += b" " * (-len(text) % 8)  # safetensors aligns the data section to 8 bytes
+    return struct.pack("<Q", len(text)) + text + body
+
+
+def addnet_hash_bytes(data: bytes) -> str:
+    """sha256 of the tensor data section: kohya's ``sshs_model_hash``, A1111's LoRA hash."""
+    return hashlib.sha256(_split_safetensors(data)[1]).hexdigest()
+
+
+def addnet_hash_file(path: str | Path) -> str:
+    """:func:`addnet_hash_bytes` of a file on disk, streamed."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        (length,) = struct.unpack("<Q", f.read(8))
+        f.seek(8 + length)
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to a temporary file beside ``path`` and rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, "xb") as f:  # honours the umask, unlike mkstemp's 0600
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+# ---------------------------------------------------------------- reading LoRA layers
+
+
+def lora_layers(model: torch.nn.Module, adapter: str = "default") -> dict[str, tuple[torch.Tensor, torch.Tensor, int, float]]:
+    """{module name: (lora_A weight, lora_B weight, rank, kohya alpha)} of a peft-injected model."""
+    from peft.tuners.lora import LoraLayer
+
+    layers = {}
+    for name, module in model.named_modules():
+        if not isinstance(module, LoraLayer) or adapter not in module.lora_A:
+            continue
+        if module.use_dora.get(adapter) or module.lora_bias.get(adapter):
+            raise ValueError(f"{name}: DoRA and LoRA biases cannot be written as a kohya LoRA")
+        r, lora_alpha = module.r[adapter], float(module.lora_alpha[adapter])
+        alpha = lora_alpha * math.sqrt(r) if module.use_rslora.get(adapter) else lora_alpha  # alpha/r = scaling
+        layers[name] = (module.lora_A[adapter].weight, module.lora_B[adapter].weight, r, alpha)
+    return layers
+
+
+def _peft_state(
+    model: torch.nn.Module, adapter: str, rank: int, alpha: float, what: str
+) -> tuple[dict[str, torch.Tensor], dict[str, float], bool]:
+    """peft state dict + kohya alphas; the rank/alpha given for the metadata must be the model's."""
+    layers = lora_layers(model, adapter)
+    if not layers:
+        raise ValueError(f"{what} has no LoRA adapter {adapter!r}")
+    rslora = False
+    sd, alphas = {}, {}
+    for name, (a, b, r, kohya_alpha) in layers.items():
+        module = model.get_submodule(name)
+        rslora = rslora or bool(module.use_rslora.get(adapter))
+        if r != rank or not math.isclose(float(module.lora_alpha[adapter]), float(alpha)):
+            raise ValueError(
+                f"{what} module {name} has rank {r} alpha {module.lora_alpha[adapter]}, "
+                f"not the rank {rank} alpha {alpha} given for the metadata"
+            )
+        name = clean_module_name(name)
+        sd[f"{name}.lora_A.weight"], sd[f"{name}.lora_B.weight"] = a, b
+        alphas[name] = kohya_alpha
+    return sd, alphas, rslora
+
+
+def _date() -> str:
+    """Today as YYYY-MM-DD (UTC), or SOURCE_DATE_EPOCH's date for reproducible builds."""
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    now = _dt.datetime.fromtimestamp(int(epoch), _dt.timezone.utc) if epoch else _dt.datetime.now(_dt.timezone.utc)
+    return now.date().isoformat()
+
+
+def lora_metadata(
+    *, family, rank, alpha, te_rank, te_alpha, resolution, steps, title, targets, base_model, text_encoder: bool
+) -> dict[str, str]:
+    """kohya ``ss_*`` and Stability ``modelspec.*`` metadata, plus ``sdexp.*`` provenance."""
+    width, height = (resolution, resolution) if isinstance(resolution, int) else tuple(resolution)
+    meta = {
+        "ss_network_module": "networks.lora",
+        "ss_network_dim": str(int(rank)),
+        "ss_network_alpha": str(float(alpha)),
+        "ss_base_model_version": family.kohya_base_model_version,
+        "ss_v2": str("v2" in family.kohya_base_model_version),
+        "ss_resolution": f"({width}, {height})",
+        "ss_steps": str(int(steps)),
+        "ss_output_name": title,
+        "ss_sd_model_name": str(base_model),
+        "ss_network_train_unet_only": str(not text_encoder),
+        "ss_network_train_text_encoder_only": "False",
+        "modelspec.sai_model_spec": "1.0.0",
+        "modelspec.architecture": family.modelspec_architecture,
+        "modelspec.implementation": "diffusers",
+        "modelspec.title": title,
+        "modelspec.resolution": f"{width}x{height}",
+        "modelspec.date": _date(),
+        "sdexp.targets": targets,
+        "sdexp.base_model": str(base_model),
+        "sdexp.family": family.name,
+    }
+    if targets == "all":  # conv layers too (LoCon); kohya records their dim/alpha here
+        meta["ss_network_args"] = json.dumps({"conv_dim": str(int(rank)), "conv_alpha": str(float(alpha))})
+    if text_encoder:
+        meta["sdexp.text_encoder_rank"] = str(int(te_rank))
+        meta["sdexp.text_encoder_alpha"] = str(float(te_alpha))
+    return meta
+
+
+def _adapter_metadata(sd: dict[str, torch.Tensor], rank: int, alpha: float, rslora: bool) -> dict:
+    """The LoraConfig kwargs diffusers rebuilds the adapter from (so alpha ≠ rank round-trips)."""
+    modules = sorted({k.rsplit(".lora_", 1)[0].removeprefix(TEXT_MODEL) for k in sd})
+    return {"r": int(rank), "lora_alpha": float(alpha), "target_modules": modules, "use_rslora": rslora}
+
+
+def save_lora(
+    out_dir: str | Path,
+    *,
+    unet: torch.nn.Module,
+    text_encoder: torch.nn.Module | None = None,
+    family,
+    rank: int,
+    alpha: float,
+    te_rank: int | None = None,
+    te_alpha: float | None = None,
+    resolution: int | tuple[int, int],
+    steps: int,
+    title: str,
+    targets: str,
+    base_model: str,
+    extra_metadata: dict[str, str] | None = None,
+    adapter_name: str = "default",
+    dtype: torch.dtype = torch.float32,
+) -> dict[str, Path]:
+    """Write ``out_dir/lora.safetensors`` (kohya) and ``out_dir/diffusers/pytorch_lora_weights.safetensors``."""
+    from diffusers import StableDiffusionPipeline
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    te_rank = te_rank if te_rank is not None else rank
+    te_alpha = te_alpha if te_alpha is not None else alpha
+
+    def cpu(sd):
+        return {k: v.detach().to("cpu", dtype).contiguous() for k, v in sd.items()}
+
+    unet_sd, unet_alphas, unet_rslora = _peft_state(unet, adapter_name, rank, alpha, "unet")
+    unet_sd = cpu(unet_sd)
+    te_sd, te_alphas, te_rslora = None, None, False
+    if text_encoder is not None:
+        te_sd, te_alphas, te_rslora = _peft_state(text_encoder, adapter_name, te_rank, te_alpha, "text encoder")
+        te_sd = cpu(te_sd)
+    prefix = family.text_encoder_kohya_prefixes[0]
+    kohya_sd = to_kohya_state_dict(unet_sd, te_sd, unet_alpha=unet_alphas, te_alpha=te_alphas, te_prefix=prefix)
+    metadata = lora_metadata(
+        family=family, rank=rank, alpha=alpha, te_rank=te_rank, te_alpha=te_alpha, resolution=resolution,
+        steps=steps, title=title, targets=targets, base_model=base_model, text_encoder=te_sd is not None,
+    )
+    for key, value in (extra_metadata or {}).items():
+        if not isinstance(value, str):
+            raise TypeError(f"extra_metadata[{key!r}] must be a str, not {type(value).__name__}")
+        metadata[key] = value
+
+    from safetensors.torch import save as st_save
+
+    raw = st_save(kohya_sd)
+    metadata["sshs_model_hash"] = addnet_hash_bytes(raw)
+    paths = {"kohya": atomic_write_bytes(out_dir / KOHYA_FILE, canonical_safetensors(raw, metadata))}
+
+    # diffusers: text-encoder keys keep transformers 4's text_model. prefix (diffusers strips it for
+    # transformers 5, ComfyUI expects it); target_modules are suffixes that match either layout.
+    te_layers = {TEXT_MODEL + k.removeprefix(TEXT_MODEL): v for k, v in te_sd.items()} if te_sd else None
+    diffusers_dir = out_dir / DIFFUSERS_DIR
+    diffusers_dir.mkdir(exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".lora-", dir=diffusers_dir) as tmp:
+        StableDiffusionPipeline.save_lora_weights(
+            tmp,
+            unet_lora_layers=unet_sd,
+            text_encoder_lora_layers=te_layers,
+            unet_lora_adapter_metadata=_adapter_metadata(unet_sd, rank, alpha, unet_rslora),
+            text_encoder_lora_adapter_metadata=(
+                _adapter_metadata(te_sd, te_rank, te_alpha, te_rslora) if te_sd else None
+            ),
+            safe_serialization=True,
+        )
+        data = (Path(tmp) / DIFFUSERS_FILE).read_bytes()
+    provenance = {k: v for k, v in metadata.items() if k.startswith(("modelspec.", "sdexp."))}
+    paths["diffusers"] = atomic_write_bytes(diffusers_dir / DIFFUSERS_FILE, canonical_safetensors(data, provenance))
+    return paths

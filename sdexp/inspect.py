@@ -1,0 +1,314 @@
+"""What is in a LoRA file or a model folder, read from safetensors headers (fast even for big files).
+
+Answers the questions people ask before loading: which format, which base, which rank and alpha,
+which layers it adapts, how big each component is.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import struct
+from pathlib import Path
+
+from sdexp.errors import UserError
+
+_DTYPE_SIZES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
+_KOHYA_PREFIXES = ("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_")
+_CONV_BLOCKS = ("resnets", "downsamplers", "upsamplers")
+_ATTN_LEAVES = ("to_q", "to_k", "to_v", "to_out_0")
+_PEFT_KEY = re.compile(r"^(?P<module>.+?)\.lora_(?P<kind>[AB])(?:\.[^.]+)?\.weight$")
+_PROCESSOR_KEY = re.compile(r"^(?P<module>.+?)(?:\.processor)?\.(?P<leaf>to_q|to_k|to_v|to_out)_lora\.(?P<kind>down|up)\.weight$")
+_OLD_KEY = re.compile(r"^(?P<module>.+?)\.(?:lora|lora_linear_layer)\.(?P<kind>down|up)\.weight$")
+
+
+def read_safetensors_header(path: str | Path) -> tuple[dict[str, dict], dict[str, str], int]:
+    """(tensors {name: {dtype, shape, data_offsets}}, metadata, data start) without reading tensor data."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(8)
+            (length,) = struct.unpack("<Q", raw)
+            if length > 100_000_000:
+                raise ValueError("header too large")
+            header = json.loads(f.read(length))
+    except (OSError, ValueError, struct.error) as err:
+        raise UserError(f"{path}: not a readable safetensors file ({err})") from None
+    metadata = header.pop("__metadata__", None) or {}
+    return header, metadata, 8 + length
+
+
+def _read_scalar(path: Path, info: dict, start: int) -> float | None:
+    """A 0-d/1-element float tensor's value (kohya ``.alpha``), read straight from the file."""
+    begin, end = info["data_offsets"]
+    with open(path, "rb") as f:
+        f.seek(start + begin)
+        raw = f.read(end - begin)
+    if info["dtype"] == "F32" and len(raw) == 4:
+        return struct.unpack("<f", raw)[0]
+    if info["dtype"] == "F16" and len(raw) == 2:
+        return struct.unpack("<e", raw)[0]
+    if info["dtype"] == "BF16" and len(raw) == 2:
+        return struct.unpack("<f", b"\x00\x00" + raw)[0]
+    if info["dtype"] == "F64" and len(raw) == 8:
+        return struct.unpack("<d", raw)[0]
+    return None
+
+
+def lora_format(keys) -> str:
+    """kohya | diffusers | unknown, from tensor names alone."""
+    keys = list(keys)
+    if keys and all(k.startswith(_KOHYA_PREFIXES) for k in keys):
+        return "kohya"
+    if keys and all(k.startswith(("unet.", "text_encoder.", "text_encoder_2.")) and "lora" in k for k in keys):
+        return "diffusers"
+    return "unknown"
+
+
+def infer_targets(unet_modules: list[str]) -> str | None:
+    """attn | transformer | all | custom, from UNet module names (dotted or underscored)."""
+    names = [m.replace(".", "_") for m in unet_modules]
+    if not names:
+        return None
+    if any(f"_{b}_" in f"_{n}_" for n in names for b in _CONV_BLOCKS):
+        return "all"
+    if any(n.endswith(("_proj_in", "_proj_out")) or "_ff_net_" in n for n in names):
+        return "transformer"
+    if all(n.endswith(_ATTN_LEAVES) for n in names):
+        return "attn"
+    return "custom"
+
+
+_FAMILY_BY_VERSION = {"sd_v1": "sd1", "sd_v2": "sd2", "sd_2": "sd2", "sdxl": "sdxl"}
+_FAMILY_BY_CONTEXT = {768: "sd1", 1024: "sd2", 2048: "sdxl"}
+
+
+def _family_from_metadata(metadata: dict[str, str]) -> str | None:
+    version = metadata.get("ss_base_model_version", "")
+    for prefix, family in _FAMILY_BY_VERSION.items():
+        if version.startswith(prefix):
+            return family
+    arch = metadata.get("modelspec.architecture", "")
+    if arch.startswith("stable-diffusion-xl"):
+        return "sdxl"
+    if arch.startswith("stable-diffusion-v2"):
+        return "sd2"
+    if arch.startswith("stable-diffusion-v1"):
+        return "sd1"
+    return None
+
+
+def _diffusers_module(rest: str) -> tuple[str | None, str | None]:
+    """A diffusers LoRA key (peft, attention-processor or old layout) → (module name, down | up)."""
+    if match := _PEFT_KEY.match(rest):
+        return match["module"], "down" if match["kind"] == "A" else "up"
+    if match := _PROCESSOR_KEY.match(rest):
+        leaf = "to_out.0" if match["leaf"] == "to_out" else match["leaf"]
+        return f"{match['module']}.{leaf}", match["kind"]
+    if match := _OLD_KEY.match(rest):
+        return match["module"], match["kind"]
+    return None, None
+
+
+def _split_modules(fmt: str, tensors: dict[str, dict]) -> dict[str, dict[str, dict]]:
+    """{"unet"|"text_encoder"|"text_encoder_2": {module: {"down": info, "up": info, "alpha": info}}}."""
+    parts: dict[str, dict[str, dict]] = {}
+    for key, info in tensors.items():
+        if fmt == "kohya":
+            name, _, kind = key.partition(".")
+            part = "unet" if name.startswith("lora_unet_") else ("text_encoder_2" if name.startswith("lora_te2_") else "text_encoder")
+            kind = {"lora_down.weight": "down", "lora_up.weight": "up", "alpha": "alpha"}.get(kind)
+        else:
+            part, _, rest = key.partition(".")
+            name, kind = _diffusers_module(rest)
+        if kind:
+            parts.setdefault(part, {}).setdefault(name, {})[kind] = info
+    return parts
+
+
+def inspect_lora(path: str | Path) -> dict:
+    """Format, family, ranks, alphas, targets and module counts of a LoRA .safetensors file."""
+    path = Path(path)
+    tensors, metadata, start = read_safetensors_header(path)
+    fmt = lora_format(tensors)
+    parts = _split_modules(fmt, tensors) if fmt != "unknown" else {}
+    adapter_meta = {}
+    if "lora_adapter_metadata" in metadata:
+        try:
+            adapter_meta = json.loads(metadata["lora_adapter_metadata"])
+        except json.JSONDecodeError:
+            adapter_meta = {}
+    ranks, alphas, modules = {}, {}, {}
+    for part, mods in parts.items():
+        modules[part] = len(mods)
+        ranks[part] = sorted({m["down"]["shape"][0] for m in mods.values() if "down" in m})
+        if fmt == "kohya":
+            values = {_read_scalar(path, m["alpha"], start) for m in mods.values() if "alpha" in m}
+            alphas[part] = sorted(v for v in values if v is not None) or ranks[part]  # no alpha: alpha = rank
+        else:
+            alpha = adapter_meta.get(f"{part}.lora_alpha")
+            alphas[part] = [float(alpha)] if alpha is not None else [float(r) for r in ranks[part]]
+    unet = parts.get("unet", {})
+    family = _family_from_metadata(metadata)
+    if family is None and "text_encoder_2" in parts:
+        family = "sdxl"
+    if family is None:
+        context = {m["down"]["shape"][1] for n, m in unet.items() if n.replace(".", "_").endswith("attn2_to_k") and "down" in m}
+        family = _FAMILY_BY_CONTEXT.get(next(iter(context))) if len(context) == 1 else None
+    conv = sum(1 for m in unet.values() if len(m.get("down", {}).get("shape", ())) == 4 and m["down"]["shape"][2:] != [1, 1])
+    dtypes = sorted({info["dtype"] for info in tensors.values()})
+    return {
+        "kind": "lora",
+        "path": str(path),
+        "format": fmt,
+        "family": family,
+        "architecture": metadata.get("modelspec.architecture"),
+        "targets": metadata.get("sdexp.targets") or infer_targets(list(unet)),
+        "ranks": ranks,
+        "alphas": alphas,
+        "modules": modules,
+        "conv_modules": conv,
+        "tensors": len(tensors),
+        "dtypes": dtypes,
+        "size_bytes": path.stat().st_size,
+        "metadata": dict(sorted(metadata.items())),
+    }
+
+
+def _component_weights(folder: Path) -> dict:
+    """Parameter count, dtypes and size of a component's safetensors weights (all shards)."""
+    files = sorted(p for p in folder.glob("*.safetensors"))
+    plain = [p for p in files if p.name.count(".") == 1]
+    files = plain or files
+    params, dtypes, size = 0, set(), 0
+    for file in files:
+        tensors, _, _ = read_safetensors_header(file)
+        size += file.stat().st_size
+        for info in tensors.values():
+            params += math.prod(info["shape"])
+            dtypes.add(info["dtype"])
+    return {"params": params, "dtypes": sorted(dtypes), "size_bytes": size, "files": [p.name for p in files]}
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def inspect_model_dir(path: str | Path) -> dict:
+    """Components, parameter counts, family, prediction type and variant of a diffusers model folder."""
+    from sdexp.models.loading import detect_variant, resolve_model_dir
+
+    model_dir = resolve_model_dir(path, key="inspect")
+    index = _read_json(model_dir / "model_index.json")
+    components = {}
+    for name, value in sorted(index.items()):
+        if name.startswith("_") or not isinstance(value, list) or value[0] is None:
+            continue
+        entry = {"library": value[0], "class": value[1]}
+        if (model_dir / name).is_dir() and any((model_dir / name).glob("*.safetensors")):
+            entry.update(_component_weights(model_dir / name))
+        components[name] = entry
+    unet_cfg = _read_json(model_dir / "unet" / "config.json")
+    vae_cfg = _read_json(model_dir / "vae" / "config.json")
+    scheduler_cfg = _read_json(model_dir / "scheduler" / "scheduler_config.json")
+    text_cfg = _read_json(model_dir / "text_encoder" / "config.json")
+    family = _FAMILY_BY_CONTEXT.get(unet_cfg.get("cross_attention_dim"))
+    if unet_cfg.get("addition_embed_type") == "text_time" or "text_encoder_2" in index:
+        family = "sdxl"
+    elif family is None:  # a small model of a real architecture: SD1 uses CLIP's quick_gelu, SD2 OpenCLIP's gelu
+        family = {"quick_gelu": "sd1", "gelu": "sd2"}.get(text_cfg.get("hidden_act"))
+    scale = 2 ** (len(vae_cfg.get("block_out_channels", [0] * 4)) - 1)
+    return {
+        "kind": "model",
+        "path": str(model_dir),
+        "family": family,
+        "prediction_type": scheduler_cfg.get("prediction_type", "epsilon"),
+        "variant": detect_variant(model_dir),
+        "resolution": unet_cfg.get("sample_size", 0) * scale or None,
+        "components": components,
+        "params": sum(c.get("params", 0) for c in components.values()),
+    }
+
+
+def find_lora_file(path: Path) -> Path | None:
+    """The LoRA file a path names: the file itself, or a run checkpoint / diffusers LoRA folder's file."""
+    if path.is_file():
+        return path
+    for candidate in ("lora.safetensors", "pytorch_lora_weights.safetensors", "diffusers/pytorch_lora_weights.safetensors"):
+        if (path / candidate).is_file():
+            return path / candidate
+    return None
+
+
+def inspect_path(path: str | Path) -> dict:
+    """Inspect a LoRA file (or a folder holding one) or a diffusers model folder (or a built-in name)."""
+    if str(path) == "tiny":
+        return inspect_model_dir(path)
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise UserError(f"inspect: {path} does not exist")
+    if path.is_dir() and (path / "model_index.json").exists():
+        return inspect_model_dir(path)
+    lora = find_lora_file(path)
+    if lora is None:
+        raise UserError(f"inspect: {path} holds neither a model (model_index.json) nor a LoRA .safetensors file")
+    if lora.suffix != ".safetensors":
+        raise UserError(f"inspect: {lora} is not a .safetensors file; pickle files are not opened (they can run code)")
+    return inspect_lora(lora)
+
+
+def _fmt_count(n: int) -> str:
+    for unit, div in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= div:
+            return f"{n / div:.2f}{unit}"
+    return str(n)
+
+
+def _fmt_list(values) -> str:
+    return ", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values) or "-"
+
+
+def print_report(info: dict, console=None) -> None:
+    """Print an inspect result as rich tables."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    summary = Table(title=info["path"], show_header=False, title_justify="left")
+    summary.add_column(style="bold cyan")
+    summary.add_column()
+    if info["kind"] == "lora":
+        rows = [("kind", "LoRA"), ("format", info["format"]), ("family", info["family"] or "unknown"),
+                ("architecture", info["architecture"] or "-"), ("targets", info["targets"] or "-")]
+        for part in info["modules"]:
+            rows.append((part, f"{info['modules'][part]} modules, rank {_fmt_list(info['ranks'][part])}, "
+                               f"alpha {_fmt_list(info['alphas'][part])}"))
+        rows += [("conv modules", str(info["conv_modules"])), ("tensors", f"{info['tensors']} ({_fmt_list(info['dtypes'])})"),
+                 ("size", f"{info['size_bytes'] / 1e6:.2f} MB")]
+    else:
+        rows = [("kind", "model"), ("family", info["family"] or "unknown"), ("prediction type", info["prediction_type"]),
+                ("variant", info["variant"] or "-"), ("resolution", str(info["resolution"] or "-")),
+                ("parameters", _fmt_count(info["params"]))]
+    for key, value in rows:
+        summary.add_row(key, value)
+    console.print(summary)
+    if info["kind"] == "model":
+        table = Table(title="components", title_justify="left")
+        for col in ("name", "class", "parameters", "dtype", "size"):
+            table.add_column(col)
+        for name, c in info["components"].items():
+            size = f"{c['size_bytes'] / 1e6:.1f} MB" if "size_bytes" in c else "-"
+            params = _fmt_count(c["params"]) if "params" in c else "-"
+            table.add_row(name, f"{c['library']}.{c['class']}", params, _fmt_list(c.get("dtypes", [])), size)
+        console.print(table)
+    elif info["metadata"]:
+        table = Table(title="metadata", title_justify="left")
+        table.add_column("key", style="cyan")
+        table.add_column("value", overflow="fold")
+        for key, value in info["metadata"].items():
+            table.add_row(key, value if len(value) <= 300 else value[:300] + " …")
+        console.print(table)

@@ -1,0 +1,65 @@
+"""The Lightning-style contract between a method and the trainer.
+
+The trainer owns the loop (devices, precision, accumulation, clipping, callbacks); a module owns
+what is specific to a method: which parameters train, what a batch holds, the loss, how a
+checkpoint is written. Hook names follow Lightning so they read familiar.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+@dataclass
+class StepOutput:
+    """What ``training_step`` returns: the loss to back-propagate and values to log."""
+
+    loss: torch.Tensor
+    logs: dict[str, float] = field(default_factory=dict)
+
+
+class TrainingModule:
+    """Base class; subclasses implement the hooks the trainer calls."""
+
+    trainer: Any = None
+
+    def setup(self, trainer) -> None:
+        """Load models and data; place them on ``trainer.device``. Called once before training."""
+        self.trainer = trainer
+
+    def train_dataloader(self) -> torch.utils.data.DataLoader:
+        raise NotImplementedError
+
+    def val_batches(self) -> list[dict]:
+        """Fixed batches for the validation loss (same every time); empty = no validation."""
+        return []
+
+    def trainable_modules(self) -> list[torch.nn.Module]:
+        """Modules holding trainable parameters (prepared by accelerate, put in train mode)."""
+        raise NotImplementedError
+
+    def configure_optimizers(self) -> tuple[torch.optim.Optimizer, Any]:
+        """The optimizer and the per-step learning-rate scheduler."""
+        raise NotImplementedError
+
+    def on_train_epoch_start(self, epoch: int) -> None:
+        pass
+
+    def training_step(self, batch: dict, step: int) -> StepOutput:
+        raise NotImplementedError
+
+    def validation_step(self, batch: dict, batch_idx: int) -> dict[str, torch.Tensor]:
+        """Per-batch values; the trainer averages them (weighted by ``n``) into ``val/<key>``."""
+        return {}
+
+    def on_save_checkpoint(self, ckpt_dir: Path, step: int) -> dict[str, Path]:
+        """Write the checkpoint files into ``ckpt_dir`` (a staging folder the trainer renames)."""
+        raise NotImplementedError
+
+    def sample_images(self, prompts: list[str], seed: int) -> list:
+        """Images for ``prompts`` from fixed seeds, without disturbing the training RNG."""
+        return []

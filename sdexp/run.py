@@ -1,0 +1,174 @@
+"""One training run from a validated config: the run folder, loggers, callbacks, trainer, run.json.
+
+``train_run`` is what run.py (Hydra), the demo and, later, each sweep trial call. Inputs are
+checked (data, model path) before anything heavy is loaded, so mistakes fail in seconds.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from sdexp.config import RunConfig, as_plain_dict
+from sdexp.errors import UserError
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    steps: int
+    stop_reason: str
+    final_checkpoint: Path
+    last_train: dict
+    last_val: dict
+    wall_seconds: float
+
+
+def quiet_libraries() -> None:
+    """Silence per-file progress bars and info logs of transformers/diffusers in runs and CLIs."""
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.set_verbosity_error()
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def save_config(cfg: RunConfig, run_dir: Path) -> Path:
+    """The composed config, complete and plain: rerun it with `--config-path RUN --config-name config`."""
+    path = run_dir / "config.yaml"
+    tmp = path.with_suffix(".yaml.tmp")
+    tmp.write_text(OmegaConf.to_yaml(OmegaConf.create(as_plain_dict(cfg))))
+    tmp.replace(path)
+    return path
+
+
+def _build_logger(cfg: RunConfig, run_dir: Path, notify):
+    from sdexp.tracking.base import MultiLogger
+    from sdexp.tracking.run_folder import RunFolderLogger
+
+    loggers = [RunFolderLogger(run_dir)]
+    if cfg.logger.name == "wandb":
+        from sdexp.tracking.wandb_logger import WandbLogger
+
+        lg = cfg.logger
+        loggers.append(
+            WandbLogger(
+                run_dir=run_dir,
+                project=lg.project,
+                entity=lg.entity,
+                group=lg.group,
+                name=lg.run_name or run_dir.name,
+                tags=list(lg.tags),
+                config=as_plain_dict(cfg),
+                mode=lg.mode,
+                notify=notify,
+            )
+        )
+    return MultiLogger(loggers), loggers[1] if len(loggers) > 1 else None
+
+
+def train_run(cfg: RunConfig, run_dir: str | Path, *, notify=print) -> RunResult:
+    """Train one run into ``run_dir`` and return where things went."""
+    from sdexp.callbacks import EarlyStopping, MetricsLogging, ProgressBar, SampleImages
+    from sdexp.methods import build_module
+    from sdexp.models.loading import resolve_model_dir
+    from sdexp.tracking.run_folder import collect_versions, write_run_json
+    from sdexp.trainer import Trainer
+
+    quiet_libraries()
+    started = time.time()
+    run_dir = Path(run_dir).resolve()
+    t = cfg.train
+    module = build_module(cfg)
+    module.load_data()  # fail on bad images before touching models
+    resolve_model_dir(cfg.model.path or cfg.model.name)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir)
+    write_run_json(
+        run_dir,
+        status="running",
+        seed=t.seed,
+        versions=collect_versions(),
+        started_at=time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
+        images=len(module.train_dataset),
+    )
+    logger, wandb_logger = _build_logger(cfg, run_dir, notify)
+    callbacks = [MetricsLogging(logger, t.log_every, t.batch_size * t.gradient_accumulation), ProgressBar()]
+    if t.early_stopping.patience:
+        es = t.early_stopping
+        callbacks.append(EarlyStopping(es.monitor, es.mode, es.patience, es.min_delta))
+    if t.sample_prompts:
+        callbacks.append(SampleImages(t.sample_prompts, t.sample_every, t.sample_seed, run_dir / "samples", wandb_logger))
+    trainer = Trainer(
+        run_dir=run_dir,
+        max_steps=t.steps,
+        seed=t.seed,
+        device=t.device,
+        mixed_precision=t.mixed_precision,
+        gradient_accumulation=t.gradient_accumulation,
+        max_grad_norm=t.max_grad_norm,
+        val_every=t.val_every,
+        checkpoint_every=t.checkpoint_every,
+        log_every=t.log_every,
+        callbacks=callbacks,
+    )
+    exit_code = 1
+    try:
+        state = trainer.fit(module)
+        exit_code = 0
+    finally:
+        status = "finished" if exit_code == 0 else "failed"
+        write_run_json(run_dir, status=status, wall_seconds=round(time.time() - started, 3))
+        if exit_code:
+            logger.finish(exit_code=exit_code)
+    summary = {
+        "steps": state.step,
+        "stop_reason": state.stop_reason,
+        **{k: v for k, v in state.last_logs.items() if k == "train/loss"},
+        **{k: v for k, v in state.last_val.items() if k != "step"},
+    }
+    logger.log_summary(summary)
+    logger.finish(exit_code=0)
+    wall = time.time() - started
+    final = run_dir / "checkpoints" / "final"
+    write_run_json(
+        run_dir,
+        status="finished",
+        steps=state.step,
+        stop_reason=state.stop_reason,
+        wall_seconds=round(wall, 3),
+        train_seconds=round(state.train_seconds, 3),
+        device=str(trainer.device),
+        final={"train": state.last_logs, "val": state.last_val},
+        checkpoints=state.checkpoints,
+    )
+    return RunResult(run_dir, state.step, state.stop_reason, final, state.last_logs, state.last_val, wall)
+
+
+def run_from_hydra(cfg) -> None:
+    """run.py's task: type and validate the composed config, train, report bad input as exit 2."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from sdexp.config import to_run_config
+    from sdexp.errors import report_and_exit
+
+    try:
+        run_cfg = to_run_config(cfg)
+        out_dir = Path(HydraConfig.get().runtime.output_dir)
+        result = train_run(run_cfg, out_dir)
+    except UserError as err:
+        verbose = HydraConfig.get().verbose if HydraConfig.initialized() else False
+        if verbose:
+            import os
+
+            os.environ["SDEXP_DEBUG"] = "1"
+        report_and_exit(err)
+        return
+    print(f"run folder:  {result.run_dir}")
+    print(f"checkpoint:  {result.final_checkpoint / 'lora.safetensors'}")
+    print(f"steps: {result.steps} ({result.stop_reason}); wall time {result.wall_seconds:.1f}s")

@@ -1,0 +1,191 @@
+"""A generic training loop on accelerate that calls a module's hooks and runs callbacks.
+
+It knows nothing of models or methods: devices, mixed precision, gradient accumulation,
+clipping, validation cadence, atomic checkpoint folders and stopping are its whole job.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+
+from sdexp.callbacks.base import Callback
+from sdexp.methods.base import TrainingModule
+
+
+@dataclass
+class TrainerState:
+    """What callbacks may read: progress, the latest logs and validation metrics."""
+
+    step: int = 0
+    epoch: int = 0
+    max_steps: int = 0
+    last_logs: dict = field(default_factory=dict)
+    last_val: dict = field(default_factory=dict)
+    checkpoints: list = field(default_factory=list)
+    stop_reason: str | None = None
+    started_at: float = 0.0
+    train_seconds: float = 0.0
+
+
+class Trainer:
+    """Runs ``module`` for ``max_steps`` optimizer steps on one accelerate ``Accelerator``."""
+
+    def __init__(
+        self,
+        *,
+        run_dir: str | Path,
+        max_steps: int,
+        seed: int = 0,
+        device: str = "auto",
+        mixed_precision: str = "no",
+        gradient_accumulation: int = 1,
+        max_grad_norm: float | None = 1.0,
+        val_every: int = 0,
+        checkpoint_every: int = 0,
+        log_every: int = 1,
+        callbacks: list[Callback] | None = None,
+    ):
+        self.run_dir = Path(run_dir)
+        self.max_steps = max_steps
+        self.seed = seed
+        self.max_grad_norm = max_grad_norm
+        self.val_every = val_every
+        self.checkpoint_every = checkpoint_every
+        self.log_every = log_every
+        self.callbacks = list(callbacks or [])
+        use_cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
+        self.accelerator = Accelerator(
+            cpu=use_cpu,
+            mixed_precision=mixed_precision,
+            gradient_accumulation_steps=gradient_accumulation,
+        )
+        self.state = TrainerState(max_steps=max_steps)
+        self.should_stop = False
+
+    @property
+    def device(self) -> torch.device:
+        return self.accelerator.device
+
+    @property
+    def is_main_process(self) -> bool:
+        return self.accelerator.is_main_process
+
+    def _call(self, hook: str, *args) -> None:
+        for cb in self.callbacks:
+            getattr(cb, hook)(self, self.module, *args)
+
+    # ----- the loop -----------------------------------------------------------------------
+    def fit(self, module: TrainingModule) -> TrainerState:
+        self.module = module
+        set_seed(self.seed)
+        module.setup(self)
+        optimizer, lr_scheduler = module.configure_optimizers()
+        trainable = module.trainable_modules()
+        prepared = self.accelerator.prepare(*trainable, optimizer, module.train_dataloader())
+        *trainable, optimizer, dataloader = prepared
+        self.optimizer, self.lr_scheduler = optimizer, lr_scheduler
+        for m in trainable:
+            m.train()
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        state = self.state
+        state.started_at = time.perf_counter()
+        self._call("on_train_start")
+        self._run_validation()
+        loss_sum, micro = 0.0, 0
+        while state.step < self.max_steps and not self.should_stop:
+            module.on_train_epoch_start(state.epoch)
+            for batch in dataloader:
+                with self.accelerator.accumulate(*trainable):
+                    out = module.training_step(batch, state.step)
+                    if not torch.isfinite(out.loss):
+                        raise FloatingPointError(f"loss is {out.loss.item()} at step {state.step + 1}")
+                    self.accelerator.backward(out.loss)
+                    grad_norm = None
+                    if self.accelerator.sync_gradients and self.max_grad_norm:
+                        grad_norm = self.accelerator.clip_grad_norm_(params, self.max_grad_norm)
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                loss_sum += out.loss.detach().float().item()
+                micro += 1
+                if not self.accelerator.sync_gradients:
+                    continue
+                lr_scheduler.step()
+                state.step += 1
+                logs = {"train/loss": loss_sum / micro, "train/epoch": state.epoch, **out.logs}
+                if grad_norm is not None:
+                    logs["train/grad_norm"] = float(grad_norm)
+                for group in optimizer.param_groups:
+                    logs[f"train/lr/{group.get('name', 'default')}"] = group["lr"]
+                loss_sum, micro = 0.0, 0
+                state.last_logs = logs
+                self._call("on_train_step_end", logs)
+                if self._due(self.val_every) and not self._due(self.checkpoint_every):
+                    self._run_validation()
+                if self._due(self.checkpoint_every) and state.step < self.max_steps:
+                    self._run_validation()
+                    self.save_checkpoint(f"step-{state.step:06d}")
+                if state.step >= self.max_steps or self.should_stop:
+                    break
+            state.epoch += 1
+        if state.stop_reason is None:
+            state.stop_reason = "max_steps" if state.step >= self.max_steps else "stopped"
+        if state.last_val.get("step") != state.step:
+            self._run_validation()
+        self.save_checkpoint("final")
+        state.train_seconds = time.perf_counter() - state.started_at
+        self._call("on_train_end")
+        return state
+
+    def _due(self, every: int) -> bool:
+        return bool(every) and self.state.step % every == 0
+
+    # ----- validation and checkpoints -----------------------------------------------------
+    @torch.no_grad()
+    def _run_validation(self) -> dict:
+        batches = self.module.val_batches()
+        if not batches:
+            return {}
+        modules = self.module.trainable_modules()
+        for m in modules:
+            m.eval()
+        with torch.random.fork_rng(devices=[] if self.device.type == "cpu" else [self.device]):
+            totals: dict[str, float] = {}
+            count = 0.0
+            with self.accelerator.autocast():
+                for i, batch in enumerate(batches):
+                    out = self.module.validation_step(batch, i)
+                    n = float(out.pop("n", torch.tensor(1.0)))
+                    count += n
+                    for key, value in out.items():
+                        totals[key] = totals.get(key, 0.0) + float(value) * n
+        for m in modules:
+            m.train()
+        metrics = {f"val/{k}": v / count for k, v in totals.items()}
+        self.state.last_val = {"step": self.state.step, **metrics}
+        self._call("on_validation_end", metrics)
+        return metrics
+
+    def save_checkpoint(self, name: str) -> Path:
+        """Write ``checkpoints/<name>/`` atomically: staged in a hidden folder, then renamed."""
+        final = self.run_dir / "checkpoints" / name
+        staging = final.parent / f".{name}.partial"
+        if self.is_main_process:
+            shutil.rmtree(staging, ignore_errors=True)
+            staging.mkdir(parents=True)
+            self.module.on_save_checkpoint(staging, self.state.step)
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(staging, final)
+        self.accelerator.wait_for_everyone()
+        self.state.checkpoints.append({"name": name, "step": self.state.step, "path": str(final)})
+        self._call("on_checkpoint", final)
+        return final
+

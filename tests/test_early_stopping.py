@@ -1,0 +1,39 @@
+"""Early stopping follows Lightning's semantics: patience counts validations without improvement."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from sdexp.callbacks import EarlyStopping
+
+
+def _trainer():
+    return SimpleNamespace(state=SimpleNamespace(step=0, stop_reason=None), should_stop=False)
+
+
+def _feed(cb, trainer, values, key="val/loss"):
+    for i, v in enumerate(values):
+        trainer.state.step = (i + 1) * 10
+        cb.on_validation_end(trainer, None, {key: v})
+        if trainer.should_stop:
+            return trainer.state.step
+    return None
+
+
+def test_stops_after_patience_validations_without_improvement():
+    trainer = _trainer()
+    stopped = _feed(EarlyStopping(patience=2), trainer, [1.0, 0.8, 0.81, 0.79, 0.9, 0.95, 0.7])
+    assert stopped == 60
+    assert "did not improve" in trainer.state.stop_reason
+
+
+def test_min_delta_and_max_mode():
+    trainer = _trainer()
+    cb = EarlyStopping(monitor="score", mode="max", patience=1, min_delta=0.1)
+    assert _feed(cb, trainer, [1.0, 1.05], key="score") == 20  # +0.05 < min_delta
+    assert cb.best == 1.0 and cb.best_step == 10
+
+
+def test_missing_monitor_never_stops():
+    trainer = _trainer()
+    assert _feed(EarlyStopping(monitor="val/other", patience=1), trainer, [1, 2, 3]) is None
