@@ -8,14 +8,20 @@ Both take the same fixed synthetic pixel batch and caption, skip ``--warmup`` st
 the median of ``--steps`` timed steps. The parent prints ratios sdexp/reference (machines are
 noisy; only the ratio within one run means much) and writes everything to a JSON file.
 
-* reference: the step of diffusers' ``train_text_to_image_lora.py`` written out below:
-  frozen VAE encode + frozen text encoder, noise / timesteps / add_noise, UNet forward under
-  autocast (bf16/fp16 if asked; none on CPU by default), SDPA attention, peft LoRA rank 4 on
-  to_q/to_k/to_v/to_out.0, MSE against epsilon, backward, clip_grad_norm_(1.0), AdamW step,
-  zero_grad, and ``loss.item()`` for logging (the example logs the loss every step too).
+* reference: the step of diffusers' ``train_text_to_image_lora.py``, written out below:
+  frozen VAE encode + frozen text encoder (caption tokenized once, as the example's data loader
+  does), noise / timesteps / add_noise, UNet forward under autocast (bf16/fp16 if asked; none on
+  CPU by default), SDPA attention, peft LoRA rank 4 on to_q/to_k/to_v/to_out.0, MSE against
+  epsilon, backward (GradScaler under fp16, as accelerate does), clip_grad_norm_(1.0), AdamW
+  step, zero_grad, and ``loss.item()`` (the example logs the loss every step too).
 * sdexp: ``LoraModule`` with method.rank=4 method.targets=attn, driven by the real
-  ``Trainer.fit``; a callback times the interval between consecutive ``on_train_step_end``
-  calls (validation is off, the final checkpoint comes after the last timed step).
+  ``Trainer.fit`` over an in-memory dataset of the same pixels; a callback times the interval
+  between consecutive ``on_train_step_end`` calls (validation is off; the final checkpoint is
+  written after the last step).
+
+Memory: on CUDA ``max_memory_allocated`` above what setup left allocated; on CPU the peak RSS
+above the RSS after setup (weights paged in first) and, exactly, the peak bytes of tensors
+allocated within one extra, untimed step run under torch.profiler.
 """
 
 from __future__ import annotations
@@ -160,21 +166,36 @@ def _maxrss_kb() -> int:
 
 
 class Meter:
-    """Step timestamps and peak memory from ``start()`` (after the model is loaded and placed)."""
+    """Step timestamps and peak memory, from ``start()`` (after the model is loaded and placed).
 
-    def __init__(self, device):
+    Steps 1..warmup are untimed, warmup+1..warmup+steps timed; the RSS / CUDA peak is read at the
+    end of the last timed step. On CPU one more step then runs under torch.profiler to count the
+    bytes of tensors it allocates (its peak above the level at its start): exact, unlike RSS,
+    which also holds what the allocator keeps. That step is not timed.
+    """
+
+    def __init__(self, device, warmup: int, steps: int):
         import torch
 
         self.torch = torch
         self.cuda = device.type == "cuda"
+        self.warmup, self.steps = warmup, steps
+        self.total = warmup + steps + (0 if self.cuda else 1)
         self.times: list[float] = []
         self.peak: dict = {}
+        self._prof = None
 
     def sync(self):
         if self.cuda:
             self.torch.cuda.synchronize()
 
-    def start(self):
+    def start(self, modules=()):
+        # safetensors weights are memory-mapped: their pages join the RSS only when first read, which
+        # would count the whole model as training memory on CPU. Read them all before the baseline.
+        with self.torch.no_grad():
+            for m in modules:
+                for t in (*m.parameters(), *m.buffers()):
+                    t.sum()
         self.sync()
         if self.cuda:
             self.base_mb = self.torch.cuda.memory_allocated() / 2**20
@@ -190,21 +211,28 @@ class Meter:
                 self.peak_reset = False
         self.times.append(time.perf_counter())
 
-    def step_end(self):
+    def step_end(self, step: int):
+        """Call after step ``step`` (1-based) has finished."""
         self.sync()
-        self.times.append(time.perf_counter())
+        if step <= self.warmup + self.steps:
+            self.times.append(time.perf_counter())
+        if step == self.warmup + self.steps:
+            self._read_peak()
+            if not self.cuda:
+                self._profile_begin()
+        elif step == self.total and self._prof is not None:
+            self._profile_end()
 
-    def finish(self):
-        """Peak memory so far (call at the last timed step, before any saving)."""
+    def _read_peak(self):
         if self.cuda:
             torch = self.torch
             peak = torch.cuda.max_memory_allocated() / 2**20
             self.peak = {
-                "peak_mb": peak,
+                "peak_mb": peak - self.base_mb,
                 "peak_abs_mb": peak,
                 "baseline_mb": self.base_mb,
                 "peak_reserved_mb": torch.cuda.max_memory_reserved() / 2**20,
-                "peak_method": "torch.cuda.max_memory_allocated",
+                "peak_method": "torch.cuda.max_memory_allocated - allocated after setup",
             }
         else:
             maxrss = _maxrss_kb()
@@ -218,9 +246,29 @@ class Meter:
                 else "ru_maxrss delta (no peak reset: may under-count)",
             }
 
-    def summary(self, warmup: int) -> dict:
+    def _profile_begin(self):
+        from torch.profiler import ProfilerActivity, profile
+
+        self._prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
+        self._prof.__enter__()
+
+    def _profile_end(self):
+        prof, self._prof = self._prof, None
+        prof.__exit__(None, None, None)
+        try:  # every allocation (+bytes) and free (-bytes) in the step, in time order
+            events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
+            events.sort(key=lambda e: e.start_ns())
+            live = peak = 0
+            for e in events:
+                live += e.nbytes()
+                peak = max(peak, live)
+            self.peak["tensor_peak_mb"] = peak / 2**20
+        except AttributeError:  # a torch without these (private) profiler results
+            self.peak["tensor_peak_mb"] = None
+
+    def summary(self) -> dict:
         steps = [b - a for a, b in zip(self.times, self.times[1:])]
-        timed = steps[warmup:]
+        timed = steps[self.warmup :]
         return {
             "step_ms_median": 1000 * statistics.median(timed),
             "step_ms_mean": 1000 * statistics.fmean(timed),
@@ -288,17 +336,14 @@ def run_reference(args, device) -> dict:
         optimizer.zero_grad(set_to_none=True)
         losses.append(loss.detach().item())
 
-    meter = Meter(device)
-    meter.start()
-    total = args.warmup + args.steps
-    for i in range(total):
+    meter = Meter(device, args.warmup, args.steps)
+    meter.start((unet, vae, text_encoder))
+    for i in range(1, meter.total + 1):
         step()
-        meter.step_end()
-        if i == total - 1:
-            meter.finish()
+        meter.step_end(i)
     n_lora_modules = sum(1 for n, _ in unet.named_modules() if n.endswith(".lora_A"))
     return {
-        **meter.summary(args.warmup),
+        **meter.summary(),
         "trainable_params": sum(p.numel() for p in lora_params),
         "lora_modules": n_lora_modules,
         "final_loss": losses[-1],
@@ -353,13 +398,13 @@ class SyntheticImages:
 
 
 def run_sdexp(args, device) -> dict:
-    import torch
 
     from sdexp.callbacks.base import Callback
     from sdexp.methods.lora import LoraModule
     from sdexp.trainer import Trainer
 
-    total = args.warmup + args.steps
+    meter = Meter(device, args.warmup, args.steps)
+    total = meter.total
     cfg = compose_config(*sdexp_overrides(args, total))
     t = cfg.train
     module = LoraModule(cfg)
@@ -367,19 +412,16 @@ def run_sdexp(args, device) -> dict:
     pixels, _ = fixed_inputs(args, None, resolution)
     module.train_dataset = SyntheticImages(pixels, args.batch * total)  # setup() skips load_data
     module.val_dataset = None
-    meter = Meter(torch.device(device))
     losses = []
 
     class Timer(Callback):
         def on_train_start(self, trainer, module):
-            meter.torch, meter.cuda = torch, trainer.device.type == "cuda"
-            meter.start()
+            assert trainer.device.type == device.type, (trainer.device, device)
+            meter.start((module.base.unet, module.base.vae, module.base.text_encoder))
 
         def on_train_step_end(self, trainer, module, logs):
-            meter.step_end()
+            meter.step_end(trainer.state.step)
             losses.append(logs["train/loss"])
-            if trainer.state.step == total:
-                meter.finish()
 
     callbacks = []
     if args.with_logging:
@@ -404,7 +446,7 @@ def run_sdexp(args, device) -> dict:
     assert state.step == total, state
     unet = module.base.unet
     return {
-        **meter.summary(args.warmup),
+        **meter.summary(),
         "trainable_params": sum(p.numel() for p in unet.parameters() if p.requires_grad),
         "lora_modules": sum(1 for n, _ in unet.named_modules() if n.endswith(".lora_A")),
         "final_loss": losses[-1],
@@ -436,6 +478,8 @@ def worker(args) -> None:
     from sdexp.run import quiet_libraries
 
     quiet_libraries()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.worker == "build":
         build_sd15_arch(sd15_arch_dir(), "cuda" if args.device == "cuda" else "cpu")
         return
@@ -467,6 +511,7 @@ def spawn(args, impl: str, batch: int | None) -> dict | None:
         "--warmup", str(args.warmup),
         "--precision", args.precision,
         "--device", args.device,
+        "--threads", str(args.threads),
     ]
     if batch is not None:
         cmd += ["--batch", str(batch)]
@@ -495,7 +540,7 @@ def combine(runs: list[dict]) -> dict | None:
     if not runs:
         return None
     out = dict(runs[0])
-    for key in ("step_ms_median", "peak_mb", "peak_abs_mb"):
+    for key in ("step_ms_median", "peak_mb", "peak_abs_mb", "tensor_peak_mb"):
         out[key] = _median_of(runs, key)
     out["repeats"] = [{k: r[k] for k in ("step_ms_median", "peak_mb", "wall_s")} for r in runs]
     return out
@@ -503,6 +548,37 @@ def combine(runs: list[dict]) -> dict | None:
 
 def fmt(x, spec=".1f"):
     return "-" if x is None else format(x, spec)
+
+
+def _ratio(a, b):
+    return a / b if a is not None and b else None
+
+
+def render_table(rows: list[dict], cuda: bool) -> str:
+    """ms/step, peak memory and img/s of both sides, and sdexp/ref ratios (x)."""
+    mems = [("peak_mb", "MB")] if cuda else [("peak_mb", "RSS MB"), ("tensor_peak_mb", "tensor MB")]
+    cols = [("batch", 5), ("ref ms", 8), ("sdexp ms", 9), ("time x", 6)]
+    for _, label in mems:
+        cols += [(f"ref {label}", len(label) + 4), (f"sdexp {label}", len(label) + 6), ("mem x", 5)]
+    cols += [("ref img/s", 9), ("sdexp img/s", 11)]
+    lines = [" ".join(f"{h:>{w}}" for h, w in cols)]
+    lines.append("-" * len(lines[0]))
+    for row in rows:
+        ref, ours, b = row["ref"] or {}, row["sdexp"] or {}, row["batch"]
+        r_ms, s_ms = ref.get("step_ms_median"), ours.get("step_ms_median")
+        cells = [str(b), fmt(r_ms), fmt(s_ms), fmt(_ratio(s_ms, r_ms), ".2f")]
+        for key, _ in mems:
+            r, o = ref.get(key), ours.get(key)
+            cells += [fmt(r), fmt(o), fmt(_ratio(o, r), ".2f")]
+        cells += [fmt(_ratio(b * 1000, r_ms), ".2f"), fmt(_ratio(b * 1000, s_ms), ".2f")]
+        lines.append(" ".join(f"{c:>{w}}" for c, (_, w) in zip(cells, cols)))
+    note = (
+        "MB: torch.cuda.max_memory_allocated() during the steps, above what was allocated after setup"
+        if cuda
+        else "RSS MB: peak RSS during the steps above RSS after setup (includes what the allocator keeps);\n"
+        "tensor MB: peak bytes of tensors allocated within one (profiled, untimed) step"
+    )
+    return "\n".join(lines) + "\n" + note
 
 
 def main(argv=None) -> int:
@@ -513,6 +589,12 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     p.add_argument("--precision", choices=("no", "bf16", "fp16"), default=None, help="default: no on CPU, bf16 on CUDA")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads per worker; default 1 on CPU (steady timings on a shared box), 0 = torch's default",
+    )
     p.add_argument("--compile", action="store_true", help="torch.compile the UNet where supported")
     p.add_argument("--with-logging", action="store_true", help="sdexp also runs train_run's metrics logger and progress bar")
     p.add_argument("--repeats", type=int, default=1, help="run each (impl, batch) pair this many times, alternating")
@@ -532,6 +614,8 @@ def main(argv=None) -> int:
     args.device = device
     args.model = args.model or ("sd15-arch" if cuda else "tiny")
     args.precision = args.precision or ("bf16" if cuda else "no")
+    if args.threads is None:
+        args.threads = 0 if cuda else 1
     batches = [int(b) for b in (args.batch or ("1,4,8" if cuda else "1,4")).split(",")]
     if args.compile:
         from sdexp.config import TrainConfig
@@ -556,7 +640,8 @@ def main(argv=None) -> int:
         row = {"model": args.model, "batch": batch, "device": device, "precision": args.precision, "ref": ref, "sdexp": ours}
         if ref and ours:
             row["time_ratio"] = ours["step_ms_median"] / ref["step_ms_median"]
-            row["mem_ratio"] = ours["peak_mb"] / ref["peak_mb"] if ref["peak_mb"] > 0 else None
+            row["mem_ratio"] = _ratio(ours["peak_mb"], ref["peak_mb"])
+            row["tensor_mem_ratio"] = _ratio(ours.get("tensor_peak_mb"), ref.get("tensor_peak_mb"))
             if ref["trainable_params"] != ours["trainable_params"]:
                 print(
                     f"!! trainable params differ: ref {ref['trainable_params']} vs sdexp {ours['trainable_params']}",
@@ -564,25 +649,10 @@ def main(argv=None) -> int:
                 )
         rows.append(row)
 
-    name = torch.cuda.get_device_name() if cuda else f"cpu x{torch.get_num_threads()} threads"
+    threads = args.threads or torch.get_num_threads()
+    name = torch.cuda.get_device_name() if cuda else f"cpu ({os.cpu_count()} cores), {threads} torch thread(s)"
     print(f"\n{args.model} on {name}, precision={args.precision}, median of {args.steps} steps after {args.warmup} warm-up")
-    mem_label = "peak MB" if cuda else "peak MB (RSS over post-setup)"
-    print(f"memory: {mem_label}")
-    head = (
-        f"{'batch':>5} | {'ref ms':>8} {'sdexp ms':>9} {'time x':>7} | {'ref MB':>8} {'sdexp MB':>9} {'mem x':>6} | "
-        f"{'ref img/s':>9} {'sdexp img/s':>11}"
-    )
-    print(head)
-    print("-" * len(head))
-    for row in rows:
-        ref, ours = row["ref"] or {}, row["sdexp"] or {}
-        r_ms, s_ms = ref.get("step_ms_median"), ours.get("step_ms_median")
-        print(
-            f"{row['batch']:>5} | {fmt(r_ms):>8} {fmt(s_ms):>9} {fmt(row.get('time_ratio'), '.2f'):>7} | "
-            f"{fmt(ref.get('peak_mb')):>8} {fmt(ours.get('peak_mb')):>9} {fmt(row.get('mem_ratio'), '.2f'):>6} | "
-            f"{fmt(row['batch'] * 1000 / r_ms if r_ms else None, '.2f'):>9} "
-            f"{fmt(row['batch'] * 1000 / s_ms if s_ms else None, '.2f'):>11}"
-        )
+    print(render_table(rows, cuda))
     for row in rows:
         ref, ours = row["ref"] or {}, row["sdexp"] or {}
         if ref and ours:

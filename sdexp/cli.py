@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sdexp.errors import EXIT_USER_ERROR, UserError, report_and_exit
+from sdexp.quiet import quiet_environment, quiet_libraries
 
 # Modules whose import registers further subcommands (kept lazy: imported only to build the parser).
 COMMAND_MODULES: tuple[str, ...] = ()
@@ -54,28 +55,6 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(EXIT_USER_ERROR)
 
 
-def quiet_libraries() -> None:
-    """No progress bars or info logs from transformers/diffusers/huggingface_hub in CLI output."""
-    import os
-    import warnings
-
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.filterwarnings("ignore", category=UserWarning, module=r"(diffusers|transformers|peft)\b.*")
-    try:
-        import diffusers.utils.logging as dlog
-        import transformers.utils.logging as tlog
-
-        for log in (dlog, tlog):
-            log.set_verbosity_error()
-            log.disable_progress_bar()
-    except ImportError:  # pragma: no cover - both are dependencies
-        pass
-
-
 # ---------------------------------------------------------------- subcommands
 
 
@@ -87,7 +66,9 @@ def _lora_pairs(files: list[str], scales: list[float] | None) -> list[tuple[str,
     if len(scales) == 1:
         return [(f, scales[0]) for f in files]
     if len(scales) != len(files):
-        raise UserError(f"--lora-scale: give one scale for all LoRAs or one per --lora ({len(files)}), not {len(scales)}")
+        raise UserError(
+            f"--lora-scale: give one scale for all LoRAs or one per --lora ({len(files)}), not {len(scales)}"
+        )
     return list(zip(files, scales, strict=True))
 
 
@@ -96,29 +77,65 @@ def _lora_pairs(files: list[str], scales: list[float] | None) -> list[tuple[str,
     help="generate images from a base model and LoRAs (PNG with A1111 parameters)",
     args=[
         arg("--model", required=True, help="built-in name (tiny) or diffusers model folder"),
-        arg("--lora", action="append", default=[], metavar="FILE", help="LoRA file or folder (kohya or diffusers); repeatable"),
-        arg("--lora-scale", action="append", type=float, metavar="S", help="one scale per --lora, or one for all"),
+        arg(
+            "--lora",
+            action="append",
+            default=[],
+            metavar="FILE",
+            help="LoRA file or folder (kohya or diffusers); repeatable",
+        ),
+        arg(
+            "--lora-scale",
+            action="append",
+            type=float,
+            metavar="S",
+            help="one scale per --lora, or one for all",
+        ),
         arg("--prompt", required=True),
         arg("--negative", default="", help="negative prompt"),
         arg("--steps", type=int, default=30),
         arg("--guidance", type=float, default=7.5, help="classifier-free guidance scale"),
-        arg("--seed", type=int, default=None, help="seed of the first image (image i uses seed+i); random if omitted"),
+        arg(
+            "--seed",
+            type=int,
+            default=None,
+            help="seed of the first image (image i uses seed+i); random if omitted",
+        ),
         arg("-n", type=int, default=1, help="number of images"),
         arg("--width", type=int, default=None, help="default: the model's native resolution"),
         arg("--height", type=int, default=None),
         arg("--scheduler", default="euler_a", choices=["euler", "euler_a", "dpmpp_2m", "ddim"]),
         arg("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps"),
-        arg("--dtype", default="auto", choices=["auto", "fp32", "fp16", "bf16"], help="auto: fp16 on CUDA, else fp32"),
+        arg(
+            "--dtype",
+            default="auto",
+            choices=["auto", "fp32", "fp16", "bf16"],
+            help="auto: fp16 on CUDA, else fp32",
+        ),
         arg("--out", required=True, type=Path, help="output folder"),
     ],
 )
 def cmd_generate(args: argparse.Namespace) -> int:
-    from sdexp.generate import generate
+    from sdexp.generate import check_loras, generate
 
+    loras = _lora_pairs(args.lora, args.lora_scale)
+    check_loras(loras)  # a mistyped path fails in a second, before the libraries load
+    quiet_libraries()
     paths = generate(
-        args.model, _lora_pairs(args.lora, args.lora_scale), prompt=args.prompt, negative=args.negative,
-        steps=args.steps, guidance=args.guidance, seed=args.seed, n=args.n, width=args.width, height=args.height,
-        scheduler=args.scheduler, out_dir=args.out, device=args.device, dtype=args.dtype,
+        args.model,
+        loras,
+        prompt=args.prompt,
+        negative=args.negative,
+        steps=args.steps,
+        guidance=args.guidance,
+        seed=args.seed,
+        n=args.n,
+        width=args.width,
+        height=args.height,
+        scheduler=args.scheduler,
+        out_dir=args.out,
+        device=args.device,
+        dtype=args.dtype,
     )
     for path in paths:
         print(path)
@@ -128,8 +145,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
 @subcommand(
     "inspect",
     help="show format, family, rank/alpha and targets of a LoRA, or the components of a model folder",
-    args=[arg("path", help="LoRA .safetensors file (or folder holding one), model folder or built-in name"),
-          arg("--json", action="store_true", help="print JSON instead of tables")],
+    args=[
+        arg("path", help="LoRA .safetensors file (or folder holding one), model folder or built-in name"),
+        arg("--json", action="store_true", help="print JSON instead of tables"),
+    ],
 )
 def cmd_inspect(args: argparse.Namespace) -> int:
     import json
@@ -147,19 +166,23 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 @subcommand(
     "export-model",
     help="write a base model (built-in name or folder) as a diffusers folder",
-    args=[arg("model", metavar="NAME_OR_PATH"), arg("out", metavar="OUT", type=Path),
-          arg("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])],
+    args=[
+        arg("model", metavar="NAME_OR_PATH"),
+        arg("out", metavar="OUT", type=Path),
+        arg("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"]),
+    ],
 )
 def cmd_export_model(args: argparse.Namespace) -> int:
     import os
     import shutil
     import tempfile
 
-    from sdexp.models.loading import DTYPES, load_base
-
     out: Path = args.out.expanduser()
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise UserError(f"export-model: {out} exists and is not empty; choose a new folder")
+        raise UserError(f"OUT: {out} exists and is not empty; choose a new folder")
+    from sdexp.models.loading import DTYPES, load_base
+
+    quiet_libraries()
     base = load_base(args.model, dtype=DTYPES[args.dtype])
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
@@ -195,11 +218,11 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "_run", None):
         parser.print_help(sys.stderr)
         return EXIT_USER_ERROR
-    quiet_libraries()
+    quiet_environment()
     try:
         return int(args._run(args) or 0)
     except UserError as err:
-        report_and_exit(err, prefix=f"sdexp {args.command}")
+        report_and_exit(err, prefix=f"sdexp {args.command}: error")
     except KeyboardInterrupt:
         print("sdexp: interrupted", file=sys.stderr)
         return 130

@@ -15,6 +15,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from sdexp.errors import ConfigError
+from sdexp.samplers import SAMPLERS
 
 LORA_TARGETS = ("attn", "transformer", "all")
 SCHEDULERS = (
@@ -29,7 +30,6 @@ MIXED_PRECISION = ("no", "fp16", "bf16")
 MODEL_DTYPES = ("auto", "fp32", "fp16", "bf16")
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 CROPS = ("center", "random")
-SAMPLERS = ("euler", "euler_a", "dpmpp_2m", "ddim")
 WANDB_MODES = ("auto", "online", "offline", "disabled")
 LOGGERS = ("wandb", "none")
 DEVICES = ("auto", "cpu", "cuda")
@@ -180,7 +180,9 @@ def to_run_config(cfg: DictConfig | dict) -> RunConfig:
         )
     schema = OmegaConf.structured(RunConfig)
     schema.method = OmegaConf.structured(METHOD_SCHEMAS[method_name])
-    _reject_unknown_keys(OmegaConf.to_container(cfg, resolve=False), RunConfig(method=METHOD_SCHEMAS[method_name]()))
+    _reject_unknown_keys(
+        OmegaConf.to_container(cfg, resolve=False), RunConfig(method=METHOD_SCHEMAS[method_name]())
+    )
     try:
         typed = OmegaConf.merge(schema, cfg)
         run_config = OmegaConf.to_object(typed)
@@ -275,7 +277,7 @@ def validate(cfg: RunConfig) -> None:
     _positive("train.val_timesteps", t.val_timesteps)
     _positive("train.sample_steps", t.sample_steps)
     _positive("train.log_every", t.log_every)
-    _choice("train.sample_scheduler", t.sample_scheduler, SAMPLERS)
+    _choice("train.sample_scheduler", t.sample_scheduler, tuple(SAMPLERS))
     _choice("train.early_stopping.mode", t.early_stopping.mode, MONITOR_MODES)
     _positive("train.early_stopping.patience", t.early_stopping.patience, allow_zero=True)
     _choice("logger.name", lg.name, LOGGERS)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import subprocess
 import sys
 import time
@@ -49,24 +50,60 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(argv[0] if argv else "demo-out").resolve()
     steps = argv[1] if len(argv) > 1 else "60"
     started = time.time()
+    for previous in ("run", "generated"):  # the demo's own outputs from an earlier demo
+        shutil.rmtree(out / previous, ignore_errors=True)
     data = write_demo_images(out / "data")
     run_dir = out / "run"
     py = sys.executable
     _run(
         [
-            py, "run.py", "model=tiny", f"data.dir={data}", f"data.prompt={PROMPT}", "data.flip=true",
-            "method.rank=8", "method.targets=all", "train.lr=1e-3", f"train.steps={steps}",
-            "train.scheduler=cosine", "train.warmup_steps=5", "train.checkpoint_every=20",
-            "train.sample_every=20", f"train.sample_prompts=[\"{PROMPT}\",\"a photo of a dog\"]",
-            "train.sample_steps=10", "logger=wandb", "logger.group=demo", f"hydra.run.dir={run_dir}",
+            py,
+            "run.py",
+            "model=tiny",
+            f"data.dir={data}",
+            f"data.prompt={PROMPT}",
+            "data.flip=true",
+            "method.rank=8",
+            "method.targets=all",
+            "train.lr=1e-3",
+            f"train.steps={steps}",
+            "train.scheduler=cosine",
+            "train.warmup_steps=5",
+            "train.checkpoint_every=20",
+            "train.sample_every=20",
+            f'train.sample_prompts=["{PROMPT}","a photo of a dog"]',
+            "train.sample_steps=10",
+            "logger=wandb",
+            "logger.group=demo",
+            f"hydra.run.dir={run_dir}",
         ]
     )
     lora = run_dir / "checkpoints" / "final" / "lora.safetensors"
     gen_dir = out / "generated"
     _run(
         [
-            py, "-m", "sdexp.cli", "generate", "--model", "tiny", "--lora", str(lora), "--prompt", PROMPT,
-            "--steps", "10", "--seed", "1", "-n", "2", "--width", "64", "--height", "64", "--out", str(gen_dir),
+            py,
+            "-m",
+            "sdexp.cli",
+            "generate",
+            "--model",
+            "tiny",
+            "--lora",
+            str(lora),
+            "--prompt",
+            PROMPT,
+            "--steps",
+            "10",
+            "--seed",
+            "1",
+            "-n",
+            "2",
+            "--width",
+            "64",
+            "--height",
+            "64",
+            "--out",
+            str(gen_dir),
         ]
     )
     _run([py, "-m", "sdexp.cli", "inspect", str(lora)])

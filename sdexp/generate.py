@@ -8,18 +8,13 @@ from __future__ import annotations
 
 import random
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from sdexp.errors import UserError
+from sdexp.samplers import SAMPLERS, a1111_name, make_scheduler
 
-# name → (diffusers class, extra config, A1111 sampler name)
-SCHEDULERS = {
-    "euler": ("EulerDiscreteScheduler", {}, "Euler"),
-    "euler_a": ("EulerAncestralDiscreteScheduler", {}, "Euler a"),
-    "dpmpp_2m": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}, "DPM++ 2M"),
-    "ddim": ("DDIMScheduler", {}, "DDIM"),
-}
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl")
 
 
@@ -33,16 +28,6 @@ class LoraSpec:
     scale: float
     modules: int
     family: str | None
-
-
-def make_scheduler(name: str, config):
-    """A sampling scheduler by short name, on the base model's noise schedule."""
-    import diffusers
-
-    if name not in SCHEDULERS:
-        raise UserError(f"--scheduler: unknown scheduler {name!r}; choose one of {', '.join(SCHEDULERS)}")
-    cls_name, extra, _ = SCHEDULERS[name]
-    return getattr(diffusers, cls_name).from_config(config, **extra)
 
 
 def _adapter_name(path: Path, taken: set[str]) -> str:
@@ -70,9 +55,13 @@ def check_loras(loras: list[tuple[str | Path, float]]) -> list[LoraSpec]:
             raise UserError(f"--lora: {path} does not exist")
         file = find_lora_file(path)
         if file is None:
-            raise UserError(f"--lora: {path} is a folder without lora.safetensors or pytorch_lora_weights.safetensors")
+            raise UserError(
+                f"--lora: {path} is a folder without lora.safetensors or pytorch_lora_weights.safetensors"
+            )
         if file.suffix in PICKLE_SUFFIXES:
-            raise UserError(f"--lora: {file} is a pickle file, which can run code when loaded; use a .safetensors LoRA")
+            raise UserError(
+                f"--lora: {file} is a pickle file, which can run code when loaded; use a .safetensors LoRA"
+            )
         if file.suffix != ".safetensors":
             raise UserError(f"--lora: {file} is not a .safetensors file")
         info = inspect_lora(file)
@@ -80,8 +69,16 @@ def check_loras(loras: list[tuple[str | Path, float]]) -> list[LoraSpec]:
             raise UserError(
                 f"--lora: {file} is not a LoRA in kohya (lora_unet_…) or diffusers (unet.….lora_A) format"
             )
-        specs.append(LoraSpec(file, info["format"], _adapter_name(file, taken), float(scale),
-                              sum(info["modules"].values()), info["family"]))
+        specs.append(
+            LoraSpec(
+                file,
+                info["format"],
+                _adapter_name(file, taken),
+                float(scale),
+                sum(info["modules"].values()),
+                info["family"],
+            )
+        )
     return specs
 
 
@@ -96,16 +93,30 @@ def _loaded_modules(pipe, adapter: str) -> int:
     )
 
 
+@contextmanager
+def _diffusers_silent():
+    from diffusers.utils import logging
+
+    level = logging.get_verbosity()
+    logging.set_verbosity(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logging.set_verbosity(level)
+
+
 def load_loras(pipe, specs: list[LoraSpec], family: str) -> None:
     """Load each LoRA as its own adapter and activate them all with their scales; nothing is skipped silently."""
     for spec in specs:
         if spec.family and spec.family != family:
             raise UserError(f"--lora: {spec.path} was made for {spec.family}, but the model is {family}")
         try:
-            pipe.load_lora_weights(str(spec.path), adapter_name=spec.name)
+            with _diffusers_silent():  # diffusers logs the error it then raises; we report it once
+                pipe.load_lora_weights(str(spec.path), adapter_name=spec.name)
         except (ValueError, RuntimeError, KeyError, TypeError) as err:
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise UserError(f"--lora: could not load {spec.path} into the model: {first[:300]}") from None
+            lines = [line.strip() for line in str(err).splitlines() if line.strip()] or [type(err).__name__]
+            reason = " ".join(lines[:2]) if lines[0].endswith(":") else lines[0]
+            raise UserError(f"--lora: could not load {spec.path} into the model: {reason[:300]}") from None
         loaded = _loaded_modules(pipe, spec.name)
         if loaded != spec.modules:
             raise UserError(
@@ -156,8 +167,8 @@ def generate(
     from sdexp.models.loading import DTYPES, load_base
     from sdexp.png_info import format_parameters, write_png
 
-    if scheduler not in SCHEDULERS:
-        raise UserError(f"--scheduler: unknown scheduler {scheduler!r}; choose one of {', '.join(SCHEDULERS)}")
+    if scheduler not in SAMPLERS:
+        raise UserError(f"--scheduler: unknown scheduler {scheduler!r}; choose one of {', '.join(SAMPLERS)}")
     if steps < 1 or n < 1:
         raise UserError(f"--steps and -n must be at least 1 (got steps={steps}, n={n})")
     for flag, value in (("--width", width), ("--height", height)):
@@ -167,7 +178,9 @@ def generate(
         raise UserError(f"--dtype: unknown dtype {dtype!r}; choose auto or one of {', '.join(DTYPES)}")
     specs = check_loras(list(loras or []))
     dev = _device(device)
-    torch_dtype = (torch.float16 if dev.type == "cuda" else torch.float32) if dtype == "auto" else DTYPES[dtype]
+    torch_dtype = (
+        (torch.float16 if dev.type == "cuda" else torch.float32) if dtype == "auto" else DTYPES[dtype]
+    )
 
     base = load_base(model, dtype=torch_dtype)
     pipe = base.pipeline(scheduler=make_scheduler(scheduler, base.noise_scheduler.config))
@@ -187,12 +200,26 @@ def generate(
         generator = torch.Generator("cpu").manual_seed(image_seed)
         with torch.inference_mode():
             image = pipe(
-                prompt, negative_prompt=negative or None, num_inference_steps=steps, guidance_scale=guidance,
-                width=width, height=height, generator=generator,
+                prompt,
+                negative_prompt=negative or None,
+                num_inference_steps=steps,
+                guidance_scale=guidance,
+                width=width,
+                height=height,
+                generator=generator,
             ).images[0]
         text = format_parameters(
-            prompt, negative, steps=steps, sampler=SCHEDULERS[scheduler][2], cfg_scale=guidance, seed=image_seed,
-            width=width, height=height, model=base.name, lora_hashes=hashes, extra=extra,
+            prompt,
+            negative,
+            steps=steps,
+            sampler=a1111_name(scheduler),
+            cfg_scale=guidance,
+            seed=image_seed,
+            width=width,
+            height=height,
+            model=base.name,
+            lora_hashes=hashes,
+            extra=extra,
         )
         paths.append(write_png(image, out_dir / f"{start + i:05d}-{image_seed}.png", text))
     return paths

@@ -14,12 +14,25 @@ from pathlib import Path
 
 from sdexp.errors import UserError
 
-_DTYPE_SIZES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
+_DTYPE_SIZES = {
+    "F64": 8,
+    "F32": 4,
+    "F16": 2,
+    "BF16": 2,
+    "I64": 8,
+    "I32": 4,
+    "I16": 2,
+    "I8": 1,
+    "U8": 1,
+    "BOOL": 1,
+}
 _KOHYA_PREFIXES = ("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_")
 _CONV_BLOCKS = ("resnets", "downsamplers", "upsamplers")
 _ATTN_LEAVES = ("to_q", "to_k", "to_v", "to_out_0")
 _PEFT_KEY = re.compile(r"^(?P<module>.+?)\.lora_(?P<kind>[AB])(?:\.[^.]+)?\.weight$")
-_PROCESSOR_KEY = re.compile(r"^(?P<module>.+?)(?:\.processor)?\.(?P<leaf>to_q|to_k|to_v|to_out)_lora\.(?P<kind>down|up)\.weight$")
+_PROCESSOR_KEY = re.compile(
+    r"^(?P<module>.+?)(?:\.processor)?\.(?P<leaf>to_q|to_k|to_v|to_out)_lora\.(?P<kind>down|up)\.weight$"
+)
 _OLD_KEY = re.compile(r"^(?P<module>.+?)\.(?:lora|lora_linear_layer)\.(?P<kind>down|up)\.weight$")
 
 
@@ -61,7 +74,9 @@ def lora_format(keys) -> str:
     keys = list(keys)
     if keys and all(k.startswith(_KOHYA_PREFIXES) for k in keys):
         return "kohya"
-    if keys and all(k.startswith(("unet.", "text_encoder.", "text_encoder_2.")) and "lora" in k for k in keys):
+    if keys and all(
+        k.startswith(("unet.", "text_encoder.", "text_encoder_2.")) and "lora" in k for k in keys
+    ):
         return "diffusers"
     return "unknown"
 
@@ -117,7 +132,11 @@ def _split_modules(fmt: str, tensors: dict[str, dict]) -> dict[str, dict[str, di
     for key, info in tensors.items():
         if fmt == "kohya":
             name, _, kind = key.partition(".")
-            part = "unet" if name.startswith("lora_unet_") else ("text_encoder_2" if name.startswith("lora_te2_") else "text_encoder")
+            part = (
+                "unet"
+                if name.startswith("lora_unet_")
+                else ("text_encoder_2" if name.startswith("lora_te2_") else "text_encoder")
+            )
             kind = {"lora_down.weight": "down", "lora_up.weight": "up", "alpha": "alpha"}.get(kind)
         else:
             part, _, rest = key.partition(".")
@@ -154,9 +173,17 @@ def inspect_lora(path: str | Path) -> dict:
     if family is None and "text_encoder_2" in parts:
         family = "sdxl"
     if family is None:
-        context = {m["down"]["shape"][1] for n, m in unet.items() if n.replace(".", "_").endswith("attn2_to_k") and "down" in m}
+        context = {
+            m["down"]["shape"][1]
+            for n, m in unet.items()
+            if n.replace(".", "_").endswith("attn2_to_k") and "down" in m
+        }
         family = _FAMILY_BY_CONTEXT.get(next(iter(context))) if len(context) == 1 else None
-    conv = sum(1 for m in unet.values() if len(m.get("down", {}).get("shape", ())) == 4 and m["down"]["shape"][2:] != [1, 1])
+    conv = sum(
+        1
+        for m in unet.values()
+        if len(m.get("down", {}).get("shape", ())) == 4 and m["down"]["shape"][2:] != [1, 1]
+    )
     dtypes = sorted({info["dtype"] for info in tensors.values()})
     return {
         "kind": "lora",
@@ -202,7 +229,7 @@ def inspect_model_dir(path: str | Path) -> dict:
     """Components, parameter counts, family, prediction type and variant of a diffusers model folder."""
     from sdexp.models.loading import detect_variant, resolve_model_dir
 
-    model_dir = resolve_model_dir(path, key="inspect")
+    model_dir = resolve_model_dir(path, key="PATH")
     index = _read_json(model_dir / "model_index.json")
     components = {}
     for name, value in sorted(index.items()):
@@ -219,7 +246,9 @@ def inspect_model_dir(path: str | Path) -> dict:
     family = _FAMILY_BY_CONTEXT.get(unet_cfg.get("cross_attention_dim"))
     if unet_cfg.get("addition_embed_type") == "text_time" or "text_encoder_2" in index:
         family = "sdxl"
-    elif family is None:  # a small model of a real architecture: SD1 uses CLIP's quick_gelu, SD2 OpenCLIP's gelu
+    elif (
+        family is None
+    ):  # a small model of a real architecture: SD1 uses CLIP's quick_gelu, SD2 OpenCLIP's gelu
         family = {"quick_gelu": "sd1", "gelu": "sd2"}.get(text_cfg.get("hidden_act"))
     scale = 2 ** (len(vae_cfg.get("block_out_channels", [0] * 4)) - 1)
     return {
@@ -238,7 +267,11 @@ def find_lora_file(path: Path) -> Path | None:
     """The LoRA file a path names: the file itself, or a run checkpoint / diffusers LoRA folder's file."""
     if path.is_file():
         return path
-    for candidate in ("lora.safetensors", "pytorch_lora_weights.safetensors", "diffusers/pytorch_lora_weights.safetensors"):
+    for candidate in (
+        "lora.safetensors",
+        "pytorch_lora_weights.safetensors",
+        "diffusers/pytorch_lora_weights.safetensors",
+    ):
         if (path / candidate).is_file():
             return path / candidate
     return None
@@ -250,14 +283,16 @@ def inspect_path(path: str | Path) -> dict:
         return inspect_model_dir(path)
     path = Path(path).expanduser()
     if not path.exists():
-        raise UserError(f"inspect: {path} does not exist")
+        raise UserError(f"PATH: {path} does not exist")
     if path.is_dir() and (path / "model_index.json").exists():
         return inspect_model_dir(path)
     lora = find_lora_file(path)
     if lora is None:
-        raise UserError(f"inspect: {path} holds neither a model (model_index.json) nor a LoRA .safetensors file")
+        raise UserError(f"PATH: {path} holds neither a model (model_index.json) nor a LoRA .safetensors file")
     if lora.suffix != ".safetensors":
-        raise UserError(f"inspect: {lora} is not a .safetensors file; pickle files are not opened (they can run code)")
+        raise UserError(
+            f"PATH: {lora} is not a .safetensors file; pickle files are not opened (they can run code)"
+        )
     return inspect_lora(lora)
 
 
@@ -282,17 +317,35 @@ def print_report(info: dict, console=None) -> None:
     summary.add_column(style="bold cyan")
     summary.add_column()
     if info["kind"] == "lora":
-        rows = [("kind", "LoRA"), ("format", info["format"]), ("family", info["family"] or "unknown"),
-                ("architecture", info["architecture"] or "-"), ("targets", info["targets"] or "-")]
+        rows = [
+            ("kind", "LoRA"),
+            ("format", info["format"]),
+            ("family", info["family"] or "unknown"),
+            ("architecture", info["architecture"] or "-"),
+            ("targets", info["targets"] or "-"),
+        ]
         for part in info["modules"]:
-            rows.append((part, f"{info['modules'][part]} modules, rank {_fmt_list(info['ranks'][part])}, "
-                               f"alpha {_fmt_list(info['alphas'][part])}"))
-        rows += [("conv modules", str(info["conv_modules"])), ("tensors", f"{info['tensors']} ({_fmt_list(info['dtypes'])})"),
-                 ("size", f"{info['size_bytes'] / 1e6:.2f} MB")]
+            rows.append(
+                (
+                    part,
+                    f"{info['modules'][part]} modules, rank {_fmt_list(info['ranks'][part])}, "
+                    f"alpha {_fmt_list(info['alphas'][part])}",
+                )
+            )
+        rows += [
+            ("conv modules", str(info["conv_modules"])),
+            ("tensors", f"{info['tensors']} ({_fmt_list(info['dtypes'])})"),
+            ("size", f"{info['size_bytes'] / 1e6:.2f} MB"),
+        ]
     else:
-        rows = [("kind", "model"), ("family", info["family"] or "unknown"), ("prediction type", info["prediction_type"]),
-                ("variant", info["variant"] or "-"), ("resolution", str(info["resolution"] or "-")),
-                ("parameters", _fmt_count(info["params"]))]
+        rows = [
+            ("kind", "model"),
+            ("family", info["family"] or "unknown"),
+            ("prediction type", info["prediction_type"]),
+            ("variant", info["variant"] or "-"),
+            ("resolution", str(info["resolution"] or "-")),
+            ("parameters", _fmt_count(info["params"])),
+        ]
     for key, value in rows:
         summary.add_row(key, value)
     console.print(summary)

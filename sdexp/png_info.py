@@ -80,7 +80,7 @@ def parse_parameters(text: str) -> dict:
     for line in lines:
         if line.startswith(NEGATIVE_PREFIX):
             in_negative = True
-            line = line[len(NEGATIVE_PREFIX):].lstrip(" ")
+            line = line[len(NEGATIVE_PREFIX) :].lstrip(" ")
         (negative_lines if in_negative else prompt_lines).append(line)
     return {"prompt": "\n".join(prompt_lines), "negative_prompt": "\n".join(negative_lines), "params": params}
 

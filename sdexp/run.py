@@ -14,6 +14,7 @@ from omegaconf import OmegaConf
 
 from sdexp.config import RunConfig, as_plain_dict
 from sdexp.errors import UserError
+from sdexp.quiet import quiet_libraries
 
 
 @dataclass
@@ -25,17 +26,6 @@ class RunResult:
     last_train: dict
     last_val: dict
     wall_seconds: float
-
-
-def quiet_libraries() -> None:
-    """Silence per-file progress bars and info logs of transformers/diffusers in runs and CLIs."""
-    import diffusers
-    import transformers
-
-    diffusers.utils.logging.set_verbosity_error()
-    diffusers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
 
 
 def save_config(cfg: RunConfig, run_dir: Path) -> Path:
@@ -87,6 +77,10 @@ def train_run(cfg: RunConfig, run_dir: str | Path, *, notify=print) -> RunResult
     module = build_module(cfg)
     module.load_data()  # fail on bad images before touching models
     resolve_model_dir(cfg.model.path or cfg.model.name)
+    if (run_dir / "run.json").exists():
+        raise UserError(
+            f"hydra.run.dir: {run_dir} already holds a run (run.json); choose a new folder or delete that one"
+        )
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir)
     write_run_json(
@@ -103,7 +97,9 @@ def train_run(cfg: RunConfig, run_dir: str | Path, *, notify=print) -> RunResult
         es = t.early_stopping
         callbacks.append(EarlyStopping(es.monitor, es.mode, es.patience, es.min_delta))
     if t.sample_prompts:
-        callbacks.append(SampleImages(t.sample_prompts, t.sample_every, t.sample_seed, run_dir / "samples", wandb_logger))
+        callbacks.append(
+            SampleImages(t.sample_prompts, t.sample_every, t.sample_seed, run_dir / "samples", wandb_logger)
+        )
     trainer = Trainer(
         run_dir=run_dir,
         max_steps=t.steps,
@@ -117,15 +113,20 @@ def train_run(cfg: RunConfig, run_dir: str | Path, *, notify=print) -> RunResult
         log_every=t.log_every,
         callbacks=callbacks,
     )
-    exit_code = 1
     try:
         state = trainer.fit(module)
-        exit_code = 0
-    finally:
-        status = "finished" if exit_code == 0 else "failed"
-        write_run_json(run_dir, status=status, wall_seconds=round(time.time() - started, 3))
-        if exit_code:
-            logger.finish(exit_code=exit_code)
+    except BaseException as err:  # record why the run ended, keep its logs, then re-raise
+        status = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
+        write_run_json(
+            run_dir,
+            status=status,
+            error=f"{type(err).__name__}: {err}",
+            steps=trainer.state.step,
+            wall_seconds=round(time.time() - started, 3),
+            checkpoints=trainer.state.checkpoints,
+        )
+        logger.finish(exit_code=130 if status == "interrupted" else 1)
+        raise
     summary = {
         "steps": state.step,
         "stop_reason": state.stop_reason,

@@ -1,26 +1,31 @@
-"""Inference schedulers by the short names people know from the UIs (used for samples and generate)."""
+"""Inference schedulers by the short names people know from the UIs (samples, generate, later eval)."""
 
 from __future__ import annotations
 
-SAMPLER_NAMES = ("euler", "euler_a", "dpmpp_2m", "ddim")
-A1111_NAMES = {"euler": "Euler", "euler_a": "Euler a", "dpmpp_2m": "DPM++ 2M", "ddim": "DDIM"}
+# name → (diffusers class, extra config, AUTOMATIC1111 sampler name)
+SAMPLERS = {
+    "euler": ("EulerDiscreteScheduler", {}, "Euler"),
+    "euler_a": ("EulerAncestralDiscreteScheduler", {}, "Euler a"),
+    "dpmpp_2m": (
+        "DPMSolverMultistepScheduler",
+        {"algorithm_type": "dpmsolver++", "solver_order": 2},
+        "DPM++ 2M",
+    ),
+    "ddim": ("DDIMScheduler", {}, "DDIM"),
+}
+
+
+def a1111_name(name: str) -> str:
+    return SAMPLERS[name][2]
 
 
 def make_scheduler(name: str, config):
-    """A diffusers scheduler for ``name`` built from the base model's scheduler ``config``."""
-    from diffusers import (
-        DDIMScheduler,
-        DPMSolverMultistepScheduler,
-        EulerAncestralDiscreteScheduler,
-        EulerDiscreteScheduler,
-    )
+    """A sampling scheduler by short name, on the base model's noise schedule (``config``)."""
+    import diffusers
 
-    classes = {
-        "euler": EulerDiscreteScheduler,
-        "euler_a": EulerAncestralDiscreteScheduler,
-        "dpmpp_2m": DPMSolverMultistepScheduler,
-        "ddim": DDIMScheduler,
-    }
-    if name not in classes:
-        raise ValueError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLER_NAMES)}")
-    return classes[name].from_config(config)
+    from sdexp.errors import UserError
+
+    if name not in SAMPLERS:
+        raise UserError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
+    cls_name, extra, _ = SAMPLERS[name]
+    return getattr(diffusers, cls_name).from_config(config, **extra)

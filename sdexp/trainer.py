@@ -188,4 +188,3 @@ class Trainer:
         self.state.checkpoints.append({"name": name, "step": self.state.step, "path": str(final)})
         self._call("on_checkpoint", final)
         return final
-

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -55,3 +56,31 @@ def run_cli(args: list[str], *, env: dict | None = None, timeout: int = 600) -> 
 @pytest.fixture()
 def cli():
     return run_cli
+
+
+@pytest.fixture()
+def isolated_cli_state():
+    """main() quiets the libraries for the process; give the rest of the test session its state back."""
+    import diffusers.utils.logging as dlog
+    import transformers.utils.logging as tlog
+
+    env = dict(os.environ)
+    levels = [(log, log.get_verbosity(), log.is_progress_bar_enabled()) for log in (dlog, tlog)]
+    with warnings.catch_warnings():
+        yield
+    os.environ.clear()
+    os.environ.update(env)
+    for log, level, bars in levels:
+        log.set_verbosity(level)
+        (log.enable_progress_bar if bars else log.disable_progress_bar)()
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny tensors run ~100x slower when torch's threads compete on a loaded 2-core box."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -17,9 +17,17 @@ def test_defaults_compose_to_a_typed_lora_run(compose):
 
 def test_the_documented_override_line_applies_every_value(compose, tmp_path):
     cfg = compose(
-        "model=tiny", f"data.dir={tmp_path}", "data.prompt=a photo of sks toy", "method.rank=8",
-        "method.targets=transformer", "train.lr=1e-4", "train.steps=500", "train.scheduler=cosine",
-        "train.seed=1", "train.resolution=512", "logger=wandb",
+        "model=tiny",
+        f"data.dir={tmp_path}",
+        "data.prompt=a photo of sks toy",
+        "method.rank=8",
+        "method.targets=transformer",
+        "train.lr=1e-4",
+        "train.steps=500",
+        "train.scheduler=cosine",
+        "train.seed=1",
+        "train.resolution=512",
+        "logger=wandb",
     )
     assert cfg.data.dir == str(tmp_path) and cfg.data.prompt == "a photo of sks toy"
     assert (cfg.method.rank, cfg.train.lr, cfg.train.steps) == (8, 1e-4, 500)

@@ -8,7 +8,9 @@ from sdexp.callbacks.base import Callback
 
 
 class EarlyStopping(Callback):
-    def __init__(self, monitor: str = "val/loss", mode: str = "min", patience: int = 3, min_delta: float = 0.0):
+    def __init__(
+        self, monitor: str = "val/loss", mode: str = "min", patience: int = 3, min_delta: float = 0.0
+    ):
         if mode not in ("min", "max"):
             raise ValueError(f"mode must be min or max, got {mode!r}")
         self.monitor, self.mode, self.patience, self.min_delta = monitor, mode, patience, abs(min_delta)

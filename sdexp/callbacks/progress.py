@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from sdexp.callbacks.base import Callback
 
@@ -40,7 +47,9 @@ class ProgressBar(Callback):
             return
         loss = logs.get("train/loss")
         if loss is not None:
-            self.loss = loss if self.loss is None else self.smoothing * self.loss + (1 - self.smoothing) * loss
+            self.loss = (
+                loss if self.loss is None else self.smoothing * self.loss + (1 - self.smoothing) * loss
+            )
         task = self.progress.tasks[0]
         speed = task.speed
         self.progress.update(

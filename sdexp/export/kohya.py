@@ -20,10 +20,34 @@ TEXT_MODEL = "text_model."
 
 # Multi-word names in SD UNet / CLIP module paths, used to undo "." → "_" without a model at hand.
 _COMPOUNDS = (
-    "down_blocks", "up_blocks", "mid_block", "transformer_blocks", "to_q", "to_k", "to_v", "to_out",
-    "proj_in", "proj_out", "conv_shortcut", "time_emb_proj", "conv_in", "conv_out", "time_embedding",
-    "linear_1", "linear_2", "add_embedding", "text_model", "self_attn", "q_proj", "k_proj", "v_proj",
-    "out_proj", "text_projection", "final_layer_norm", "layer_norm1", "layer_norm2",
+    "down_blocks",
+    "up_blocks",
+    "mid_block",
+    "transformer_blocks",
+    "to_q",
+    "to_k",
+    "to_v",
+    "to_out",
+    "proj_in",
+    "proj_out",
+    "conv_shortcut",
+    "time_emb_proj",
+    "conv_in",
+    "conv_out",
+    "time_embedding",
+    "linear_1",
+    "linear_2",
+    "add_embedding",
+    "text_model",
+    "self_attn",
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "out_proj",
+    "text_projection",
+    "final_layer_norm",
+    "layer_norm1",
+    "layer_norm2",
 )
 _PEFT_KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<ab>[AB])(?:\.(?P<adapter>[^.]+))?\.weight$")
 _KOHYA_KEY = re.compile(r"^(?P<name>[^.]+)\.(?P<kind>lora_down\.weight|lora_up\.weight|alpha)$")
@@ -33,7 +57,7 @@ def clean_module_name(module_name: str) -> str:
     """Drop wrappers' prefixes (torch.compile's ``_orig_mod.``, DDP's ``module.``) from a name."""
     for prefix in ("_orig_mod.", "module."):
         while module_name.startswith(prefix):
-            module_name = module_name[len(prefix):]
+            module_name = module_name[len(prefix) :]
     return module_name
 
 
@@ -57,7 +81,7 @@ def _guess_dotted(underscored: str) -> str:
     i = 0
     while i < len(tokens):
         for width in (3, 2):
-            joined = "_".join(tokens[i:i + width])
+            joined = "_".join(tokens[i : i + width])
             if i + width <= len(tokens) and joined in _COMPOUNDS:
                 out.append(joined)
                 i += width
@@ -74,7 +98,9 @@ def _split_peft(state_dict: Mapping[str, torch.Tensor]) -> dict[str, dict[str, t
     for key, tensor in state_dict.items():
         match = _PEFT_KEY.match(key)
         if not match:
-            raise ValueError(f"not a plain LoRA weight: {key!r} (DoRA, biases and other adapters are unsupported)")
+            raise ValueError(
+                f"not a plain LoRA weight: {key!r} (DoRA, biases and other adapters are unsupported)"
+            )
         modules.setdefault(clean_module_name(match["module"]), {})[match["ab"]] = tensor
     for module, pair in modules.items():
         if set(pair) != {"A", "B"}:
@@ -167,7 +193,7 @@ def from_kohya_state_dict(
                 raise ValueError(f"kohya module {name!r} matches no module of the model")
             module = lookup[name]
         else:
-            module = _guess_dotted(name[len(prefix) + 1:])
+            module = _guess_dotted(name[len(prefix) + 1 :])
         if prefix != UNET_PREFIX:
             module = module.removeprefix(TEXT_MODEL)
             module = TEXT_MODEL + module if keep_text_model_prefix else module

@@ -31,7 +31,7 @@ DIFFUSERS_FILE = "pytorch_lora_weights.safetensors"
 def _split_safetensors(data: bytes) -> tuple[dict, bytes]:
     """Bytes of a safetensors file → (header dict, tensor data section)."""
     (length,) = struct.unpack("<Q", data[:8])
-    return json.loads(data[8:8 + length]), data[8 + length:]
+    return json.loads(data[8 : 8 + length]), data[8 + length :]
 
 
 def canonical_safetensors(data: bytes, extra_metadata: dict[str, str] | None = None) -> bytes:
@@ -81,7 +81,9 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
 # ---------------------------------------------------------------- reading LoRA layers
 
 
-def lora_layers(model: torch.nn.Module, adapter: str = "default") -> dict[str, tuple[torch.Tensor, torch.Tensor, int, float]]:
+def lora_layers(
+    model: torch.nn.Module, adapter: str = "default"
+) -> dict[str, tuple[torch.Tensor, torch.Tensor, int, float]]:
     """{module name: (lora_A weight, lora_B weight, rank, kohya alpha)} of a peft-injected model."""
     from peft.tuners.lora import LoraLayer
 
@@ -92,7 +94,9 @@ def lora_layers(model: torch.nn.Module, adapter: str = "default") -> dict[str, t
         if module.use_dora.get(adapter) or module.lora_bias.get(adapter):
             raise ValueError(f"{name}: DoRA and LoRA biases cannot be written as a kohya LoRA")
         r, lora_alpha = module.r[adapter], float(module.lora_alpha[adapter])
-        alpha = lora_alpha * math.sqrt(r) if module.use_rslora.get(adapter) else lora_alpha  # alpha/r = scaling
+        alpha = (
+            lora_alpha * math.sqrt(r) if module.use_rslora.get(adapter) else lora_alpha
+        )  # alpha/r = scaling
         layers[name] = (module.lora_A[adapter].weight, module.lora_B[adapter].weight, r, alpha)
     return layers
 
@@ -123,12 +127,27 @@ def _peft_state(
 def _date() -> str:
     """Today as YYYY-MM-DD (UTC), or SOURCE_DATE_EPOCH's date for reproducible builds."""
     epoch = os.environ.get("SOURCE_DATE_EPOCH")
-    now = _dt.datetime.fromtimestamp(int(epoch), _dt.timezone.utc) if epoch else _dt.datetime.now(_dt.timezone.utc)
+    now = (
+        _dt.datetime.fromtimestamp(int(epoch), _dt.timezone.utc)
+        if epoch
+        else _dt.datetime.now(_dt.timezone.utc)
+    )
     return now.date().isoformat()
 
 
 def lora_metadata(
-    *, family, rank, alpha, te_rank, te_alpha, resolution, steps, title, targets, base_model, text_encoder: bool
+    *,
+    family,
+    rank,
+    alpha,
+    te_rank,
+    te_alpha,
+    resolution,
+    steps,
+    title,
+    targets,
+    base_model,
+    text_encoder: bool,
 ) -> dict[str, str]:
     """kohya ``ss_*`` and Stability ``modelspec.*`` metadata, plus ``sdexp.*`` provenance."""
     width, height = (resolution, resolution) if isinstance(resolution, int) else tuple(resolution)
@@ -202,13 +221,26 @@ def save_lora(
     unet_sd = cpu(unet_sd)
     te_sd, te_alphas, te_rslora = None, None, False
     if text_encoder is not None:
-        te_sd, te_alphas, te_rslora = _peft_state(text_encoder, adapter_name, te_rank, te_alpha, "text encoder")
+        te_sd, te_alphas, te_rslora = _peft_state(
+            text_encoder, adapter_name, te_rank, te_alpha, "text encoder"
+        )
         te_sd = cpu(te_sd)
     prefix = family.text_encoder_kohya_prefixes[0]
-    kohya_sd = to_kohya_state_dict(unet_sd, te_sd, unet_alpha=unet_alphas, te_alpha=te_alphas, te_prefix=prefix)
+    kohya_sd = to_kohya_state_dict(
+        unet_sd, te_sd, unet_alpha=unet_alphas, te_alpha=te_alphas, te_prefix=prefix
+    )
     metadata = lora_metadata(
-        family=family, rank=rank, alpha=alpha, te_rank=te_rank, te_alpha=te_alpha, resolution=resolution,
-        steps=steps, title=title, targets=targets, base_model=base_model, text_encoder=te_sd is not None,
+        family=family,
+        rank=rank,
+        alpha=alpha,
+        te_rank=te_rank,
+        te_alpha=te_alpha,
+        resolution=resolution,
+        steps=steps,
+        title=title,
+        targets=targets,
+        base_model=base_model,
+        text_encoder=te_sd is not None,
     )
     for key, value in (extra_metadata or {}).items():
         if not isinstance(value, str):
@@ -239,5 +271,7 @@ def save_lora(
         )
         data = (Path(tmp) / DIFFUSERS_FILE).read_bytes()
     provenance = {k: v for k, v in metadata.items() if k.startswith(("modelspec.", "sdexp."))}
-    paths["diffusers"] = atomic_write_bytes(diffusers_dir / DIFFUSERS_FILE, canonical_safetensors(data, provenance))
+    paths["diffusers"] = atomic_write_bytes(
+        diffusers_dir / DIFFUSERS_FILE, canonical_safetensors(data, provenance)
+    )
     return paths

@@ -11,7 +11,9 @@ import torch.nn.functional as F
 from diffusers.training_utils import compute_snr
 
 
-def sample_noise(latents: torch.Tensor, generator: torch.Generator, noise_offset: float = 0.0) -> torch.Tensor:
+def sample_noise(
+    latents: torch.Tensor, generator: torch.Generator, noise_offset: float = 0.0
+) -> torch.Tensor:
     """Gaussian noise like ``latents``; ``noise_offset`` adds a per-channel constant (darker/brighter images)."""
     noise = torch.randn(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
     if noise_offset:
@@ -21,11 +23,15 @@ def sample_noise(latents: torch.Tensor, generator: torch.Generator, noise_offset
     return noise
 
 
-def sample_timesteps(batch: int, num_train_timesteps: int, generator: torch.Generator, device) -> torch.Tensor:
+def sample_timesteps(
+    batch: int, num_train_timesteps: int, generator: torch.Generator, device
+) -> torch.Tensor:
     return torch.randint(0, num_train_timesteps, (batch,), generator=generator, device=device).long()
 
 
-def prediction_target(scheduler, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+def prediction_target(
+    scheduler, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
+) -> torch.Tensor:
     """What the UNet should predict: the noise (epsilon) or the velocity (v-prediction)."""
     kind = scheduler.config.prediction_type
     if kind == "epsilon":

@@ -72,7 +72,11 @@ class LoraModule(StableDiffusionModule):
     def parameter_groups(self) -> list[dict]:
         t, m = self.cfg.train, self.cfg.method
         groups = [
-            {"name": "unet", "params": [p for p in self.base.unet.parameters() if p.requires_grad], "lr": t.lr}
+            {
+                "name": "unet",
+                "params": [p for p in self.base.unet.parameters() if p.requires_grad],
+                "lr": t.lr,
+            }
         ]
         if self.text_encoder_trains:
             te_params = [p for p in self.base.text_encoder.parameters() if p.requires_grad]

@@ -61,7 +61,9 @@ class StableDiffusionModule(TrainingModule):
         self.train_dataset = load_dataset(d.dir, crop=d.crop, flip=d.flip, **common)
         self.val_dataset = None
         if d.val_dir:
-            self.val_dataset = load_dataset(d.val_dir, crop="center", flip=False, setting="data.val_dir", **common)
+            self.val_dataset = load_dataset(
+                d.val_dir, crop="center", flip=False, setting="data.val_dir", **common
+            )
 
     def setup(self, trainer) -> None:
         super().setup(trainer)

@@ -42,8 +42,11 @@ def unet_lora_targets(unet: nn.Module, targets: str) -> list[str]:
         return _children_of(
             unet,
             TRANSFORMER_CLASSES,
-            lambda name, m: isinstance(m, nn.Linear) and name.endswith(ATTENTION_LEAVES)
-            and (".attn1." in f".{name}" or ".attn2." in f".{name}"),
+            lambda name, m: (
+                isinstance(m, nn.Linear)
+                and name.endswith(ATTENTION_LEAVES)
+                and (".attn1." in f".{name}" or ".attn2." in f".{name}")
+            ),
         )
     names = _children_of(unet, TRANSFORMER_CLASSES, lambda _n, m: _is_linear_or_pointwise(m))
     if targets == "transformer":

@@ -12,7 +12,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-TINY_VERSION = 1
+TINY_VERSION = 2
 TINY_RESOLUTION = 64
 
 UNET_CONFIG = dict(
@@ -79,6 +79,9 @@ def build_tiny(out_dir: str | Path) -> Path:
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     from sdexp.models.tokenizer import train_clip_tokenizer
+    from sdexp.quiet import quiet_libraries
+
+    quiet_libraries()
 
     out_dir = Path(out_dir)
     with tempfile.TemporaryDirectory() as tmp:
@@ -107,6 +110,10 @@ def build_tiny(out_dir: str | Path) -> Path:
         requires_safety_checker=False,
     )
     pipe.save_pretrained(out_dir, safe_serialization=True)
+    # Ship the tokenizer in CLIP's own layout (as SD 1.5 does), not transformers' re-save of it,
+    # which records load-time flags (local_files_only) and so differs between builds.
+    shutil.rmtree(out_dir / "tokenizer")
+    train_clip_tokenizer(out_dir / "tokenizer")
     return out_dir
 
 

@@ -212,6 +212,4 @@ class WandbLogger(Logger):
         if self.run is None:
             return
         run, self.run = self.run, None
-        run.finish(exit_code=int(exit_code))
-        if self._reason:
-            self.notify(f"W&B: offline run saved; upload it with `wandb sync {self._run_path}`")
+        run.finish(exit_code=int(exit_code))  # the start-up notice already said where and how to sync

@@ -26,8 +26,15 @@ def fixed_date(monkeypatch):
 
 def test_loss_on_a_fixed_batch_falls_with_conv_and_attention_lora(compose, toy_images, tmp_path):
     cfg = compose(
-        *FAST, f"data.dir={toy_images}", "data.prompt=a photo of sks toy", "method.targets=all",
-        "method.rank=8", "train.lr=2e-3", "train.steps=60", "train.val_every=20", "data.val_images=6",
+        *FAST,
+        f"data.dir={toy_images}",
+        "data.prompt=a photo of sks toy",
+        "method.targets=all",
+        "method.rank=8",
+        "train.lr=2e-3",
+        "train.steps=60",
+        "train.val_every=20",
+        "data.val_images=6",
     )
     result = train_run(cfg, tmp_path / "run")
     losses = _val_losses(result.run_dir)
@@ -39,9 +46,16 @@ def test_loss_on_a_fixed_batch_falls_with_conv_and_attention_lora(compose, toy_i
 def test_same_seed_gives_byte_identical_lora_files(compose, toy_images, tmp_path, fixed_date):
     def run(name, seed):
         cfg = compose(
-            *FAST, f"data.dir={toy_images}", "data.prompt=a photo of sks toy", "method.targets=all",
-            "method.train_text_encoder=true", "data.flip=true", "data.crop=random", f"train.seed={seed}",
-            "train.steps=6", "train.lr=1e-3",
+            *FAST,
+            f"data.dir={toy_images}",
+            "data.prompt=a photo of sks toy",
+            "method.targets=all",
+            "method.train_text_encoder=true",
+            "data.flip=true",
+            "data.crop=random",
+            f"train.seed={seed}",
+            "train.steps=6",
+            "train.lr=1e-3",
         )
         final = train_run(cfg, tmp_path / name).final_checkpoint
         return (final / "lora.safetensors").read_bytes(), (
@@ -59,8 +73,14 @@ def test_trained_files_load_through_diffusers_and_give_the_in_memory_image(compo
     from sdexp.trainer import Trainer
 
     cfg = compose(
-        *FAST, f"data.dir={toy_images}", "data.prompt=a photo of sks toy", "method.targets=all",
-        "method.train_text_encoder=true", "method.alpha=2", "train.steps=8", "train.lr=5e-3",
+        *FAST,
+        f"data.dir={toy_images}",
+        "data.prompt=a photo of sks toy",
+        "method.targets=all",
+        "method.train_text_encoder=true",
+        "method.alpha=2",
+        "train.steps=8",
+        "train.lr=5e-3",
     )
     module = build_module(cfg)
     trainer = Trainer(run_dir=tmp_path / "run", max_steps=cfg.train.steps, seed=0, device="cpu")
@@ -70,8 +90,14 @@ def test_trained_files_load_through_diffusers_and_give_the_in_memory_image(compo
 
     def image(pipe):
         pipe.set_progress_bar_config(disable=True)
-        out = pipe("a photo of sks toy", num_inference_steps=3, height=64, width=64, output_type="np",
-                   generator=torch.Generator().manual_seed(7))
+        out = pipe(
+            "a photo of sks toy",
+            num_inference_steps=3,
+            height=64,
+            width=64,
+            output_type="np",
+            generator=torch.Generator().manual_seed(7),
+        )
         return out.images[0]
 
     trained = image(module.base.pipeline())
@@ -92,14 +118,23 @@ def test_wandb_offline_run_matches_metrics_jsonl(compose, toy_images, tmp_path, 
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
     cfg = compose(
-        f"data.dir={toy_images}", "data.prompt=a photo of sks toy", "train.steps=5", "train.val_every=2",
-        "logger=wandb", "logger.group=g1", "logger.tags=[t1]", "logger.run_name=r1",
-        "train.sample_prompts=[a photo of sks toy]", "train.sample_steps=2",
+        f"data.dir={toy_images}",
+        "data.prompt=a photo of sks toy",
+        "train.steps=5",
+        "train.val_every=2",
+        "logger=wandb",
+        "logger.group=g1",
+        "logger.tags=[t1]",
+        "logger.run_name=r1",
+        "train.sample_prompts=[a photo of sks toy]",
+        "train.sample_steps=2",
     )
     run_dir = train_run(cfg, tmp_path / "run").run_dir
     by_step: dict[int, dict] = {}
     for row in read_metrics(run_dir):
-        by_step.setdefault(row["step"], {}).update({k: v for k, v in row.items() if k not in ("step", "time")})
+        by_step.setdefault(row["step"], {}).update(
+            {k: v for k, v in row.items() if k not in ("step", "time")}
+        )
     offline = read_offline_run(run_dir)
     history = {row["_step"]: row for row in offline["history"]}
     assert set(by_step) <= set(history)
@@ -113,9 +148,15 @@ def test_wandb_offline_run_matches_metrics_jsonl(compose, toy_images, tmp_path, 
 
 def test_early_stopping_ends_the_run_and_says_why(compose, toy_images, tmp_path):
     cfg = compose(
-        *FAST, f"data.dir={toy_images}", "data.prompt=x", "train.steps=50", "train.val_every=2",
-        "train.lr=1e-3", "method.targets=all",
-        "train.early_stopping.mode=max", "train.early_stopping.patience=2",  # loss falls: never "improves"
+        *FAST,
+        f"data.dir={toy_images}",
+        "data.prompt=x",
+        "train.steps=50",
+        "train.val_every=2",
+        "train.lr=1e-3",
+        "method.targets=all",
+        "train.early_stopping.mode=max",
+        "train.early_stopping.patience=2",  # loss falls: never "improves"
     )
     result = train_run(cfg, tmp_path / "run")
     run_json = json.loads((result.run_dir / "run.json").read_text())
@@ -126,8 +167,14 @@ def test_early_stopping_ends_the_run_and_says_why(compose, toy_images, tmp_path)
 
 def test_accumulation_counts_optimizer_steps_and_text_encoder_has_its_own_lr(compose, toy_images, tmp_path):
     cfg = compose(
-        *FAST, f"data.dir={toy_images}", "data.prompt=x", "train.steps=3", "train.batch_size=2",
-        "train.gradient_accumulation=2", "method.train_text_encoder=true", "method.text_encoder_lr=5e-5",
+        *FAST,
+        f"data.dir={toy_images}",
+        "data.prompt=x",
+        "train.steps=3",
+        "train.batch_size=2",
+        "train.gradient_accumulation=2",
+        "method.train_text_encoder=true",
+        "method.text_encoder_lr=5e-5",
         "train.checkpoint_every=2",
     )
     result = train_run(cfg, tmp_path / "run")
@@ -135,3 +182,37 @@ def test_accumulation_counts_optimizer_steps_and_text_encoder_has_its_own_lr(com
     assert [r["step"] for r in rows] == [1, 2, 3]
     assert all(r["train/lr/text_encoder"] == 5e-5 and r["train/lr/unet"] == 1e-4 for r in rows)
     assert sorted(p.name for p in (result.run_dir / "checkpoints").iterdir()) == ["final", "step-000002"]
+
+
+def test_a_folder_holding_a_run_is_not_overwritten(compose, toy_images, tmp_path):
+    from sdexp.errors import UserError
+
+    cfg = compose(*FAST, f"data.dir={toy_images}", "data.prompt=x", "train.steps=1")
+    first = train_run(cfg, tmp_path / "run").final_checkpoint / "lora.safetensors"
+    before = first.read_bytes()
+    with pytest.raises(UserError, match="already holds a run"):
+        train_run(cfg, tmp_path / "run")
+    assert first.read_bytes() == before
+
+
+def test_a_failing_run_records_why_and_keeps_its_logs(compose, toy_images, tmp_path, monkeypatch):
+    from sdexp.methods import stable_diffusion
+
+    cfg = compose(*FAST, f"data.dir={toy_images}", "data.prompt=x", "train.steps=5")
+    real = stable_diffusion.per_sample_loss
+    calls = {"n": 0}
+
+    def nan_after_two(*args, **kwargs):
+        loss = real(*args, **kwargs)
+        if not torch.is_grad_enabled():  # validation
+            return loss
+        calls["n"] += 1
+        return loss * float("nan") if calls["n"] > 2 else loss
+
+    monkeypatch.setattr(stable_diffusion, "per_sample_loss", nan_after_two)
+    with pytest.raises(FloatingPointError, match="step 3"):
+        train_run(cfg, tmp_path / "run")
+    run_json = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert run_json["status"] == "failed" and "FloatingPointError" in run_json["error"]
+    assert run_json["steps"] == 2
+    assert [r["step"] for r in read_metrics(tmp_path / "run") if "train/loss" in r] == [1, 2]

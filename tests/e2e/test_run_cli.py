@@ -46,8 +46,17 @@ def test_bad_inputs_fail_with_one_line_and_exit_2(cli, tmp_path, toy_images):
 
 def test_skip_bad_trains_on_the_readable_images(cli, tmp_path, toy_images):
     (toy_images / "broken.jpg").write_bytes(b"garbage")
-    proc = cli(["run.py", f"data.dir={toy_images}", "data.prompt=x", "data.skip_bad=true", "train.steps=2",
-                "logger=none", f"hydra.run.dir={tmp_path / 'run'}"])
+    proc = cli(
+        [
+            "run.py",
+            f"data.dir={toy_images}",
+            "data.prompt=x",
+            "data.skip_bad=true",
+            "train.steps=2",
+            "logger=none",
+            f"hydra.run.dir={tmp_path / 'run'}",
+        ]
+    )
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "run" / "checkpoints" / "final" / "lora.safetensors").exists()
     assert (toy_images / "broken.jpg").read_bytes() == b"garbage"
@@ -56,12 +65,25 @@ def test_skip_bad_trains_on_the_readable_images(cli, tmp_path, toy_images):
 def test_saved_config_reruns_to_identical_weights(cli, tmp_path, toy_images):
     first, second = tmp_path / "first", tmp_path / "second"
     env = {"SOURCE_DATE_EPOCH": "1780000000"}
-    proc = cli(["run.py", f"data.dir={toy_images}", "data.prompt=a photo of sks toy", "train.steps=4",
-                "method.rank=2", "train.lr=1e-3", "train.seed=5", "logger=none", f"hydra.run.dir={first}"], env=env)
+    proc = cli(
+        [
+            "run.py",
+            f"data.dir={toy_images}",
+            "data.prompt=a photo of sks toy",
+            "train.steps=4",
+            "method.rank=2",
+            "train.lr=1e-3",
+            "train.seed=5",
+            "logger=none",
+            f"hydra.run.dir={first}",
+        ],
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "run folder:" in proc.stdout
-    proc = cli(["run.py", "--config-path", str(first), "--config-name", "config", f"hydra.run.dir={second}"],
-               env=env)
+    proc = cli(
+        ["run.py", "--config-path", str(first), "--config-name", "config", f"hydra.run.dir={second}"], env=env
+    )
     assert proc.returncode == 0, proc.stderr
     lora = "checkpoints/final/lora.safetensors"
     assert (first / lora).read_bytes() == (second / lora).read_bytes()
@@ -70,11 +92,23 @@ def test_saved_config_reruns_to_identical_weights(cli, tmp_path, toy_images):
 
 def test_hydra_multirun_runs_a_plain_grid(cli, tmp_path, toy_images):
     sweep = tmp_path / "grid"
-    proc = cli(["run.py", "-m", f"data.dir={toy_images}", "data.prompt=x", "train.steps=2", "logger=none",
-                "method.rank=2,4", f"hydra.sweep.dir={sweep}"])
+    proc = cli(
+        [
+            "run.py",
+            "-m",
+            f"data.dir={toy_images}",
+            "data.prompt=x",
+            "train.steps=2",
+            "logger=none",
+            "method.rank=2,4",
+            f"hydra.sweep.dir={sweep}",
+        ]
+    )
     assert proc.returncode == 0, proc.stderr
     for job, rank in (("0", "2"), ("1", "4")):
         assert (sweep / job / "checkpoints" / "final" / "lora.safetensors").exists()
         assert f"rank: {rank}" in (sweep / job / "config.yaml").read_text()
-    bad = cli(["run.py", "-m", f"data.dir={toy_images}", "method.rank=2,0", f"hydra.sweep.dir={tmp_path / 'b'}"])
+    bad = cli(
+        ["run.py", "-m", f"data.dir={toy_images}", "method.rank=2,0", f"hydra.sweep.dir={tmp_path / 'b'}"]
+    )
     _one_line_exit_2(bad, "method.rank")

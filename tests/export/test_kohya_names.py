@@ -74,9 +74,15 @@ def test_all_targets_add_conv_blocks(sd15):
 
 def test_te_name_prefix_is_added_once_and_wrappers_are_dropped():
     assert kohya_te_name("encoder.layers.11.mlp.fc2") == "lora_te_text_model_encoder_layers_11_mlp_fc2"
-    assert kohya_te_name("text_model.encoder.layers.11.mlp.fc2") == "lora_te_text_model_encoder_layers_11_mlp_fc2"
+    assert (
+        kohya_te_name("text_model.encoder.layers.11.mlp.fc2")
+        == "lora_te_text_model_encoder_layers_11_mlp_fc2"
+    )
     assert kohya_te_name("encoder.layers.0.self_attn.q_proj", "lora_te1").startswith("lora_te1_text_model_")
-    assert kohya_unet_name("_orig_mod.mid_block.attentions.0.proj_in") == "lora_unet_mid_block_attentions_0_proj_in"
+    assert (
+        kohya_unet_name("_orig_mod.mid_block.attentions.0.proj_in")
+        == "lora_unet_mid_block_attentions_0_proj_in"
+    )
 
 
 def _fake_peft(modules, rank=2):
@@ -101,7 +107,9 @@ def test_round_trip_every_sd15_module(sd15, use_lookup):
     assert kohya[f"{name}.alpha"].shape == () and kohya[f"{name}.alpha"].item() == 1.0
     assert all(t.is_contiguous() for t in kohya.values())
 
-    lookup = dict(unet_modules=[n for n, _ in unet.named_modules()], te_modules=[n for n, _ in te.named_modules()])
+    lookup = dict(
+        unet_modules=[n for n, _ in unet.named_modules()], te_modules=[n for n, _ in te.named_modules()]
+    )
     back = from_kohya_state_dict(kohya, **(lookup if use_lookup else {}))
     assert back.unet.keys() == unet_sd.keys()
     assert back.text_encoder.keys() == te_sd.keys()  # transformers 5 names: no text_model. prefix

@@ -25,7 +25,9 @@ def test_constant_keeps_the_rate():
     assert _lrs(scheduler="constant") == [1.0] * 10
 
 
-@pytest.mark.parametrize("name", ["constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial"])
+@pytest.mark.parametrize(
+    "name", ["constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial"]
+)
 def test_warmup_ramps_up_from_zero(name):
     lrs = _lrs(scheduler=name, warmup_steps=4)
     assert lrs[0] == 0.0 and lrs[1] < lrs[2] < lrs[3] < lrs[4]

@@ -1,0 +1,1 @@
+"""Run and study analysis (tables, plots, HTML report) — filled by the sweep issue."""

@@ -1,0 +1,28 @@
+"""Keep library chatter (progress bars, info logs, deprecation noise) out of runs and CLIs."""
+
+from __future__ import annotations
+
+
+def quiet_environment() -> None:
+    """Environment switches the libraries read when imported (cheap: imports nothing)."""
+    import os
+    import warnings
+
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"(diffusers|transformers|peft)\b.*")
+
+
+def quiet_libraries() -> None:
+    """No progress bars or info logs from transformers/diffusers; call in commands that load models."""
+    import diffusers.utils.logging as dlog
+    import transformers.utils.logging as tlog
+
+    quiet_environment()
+    for log in (dlog, tlog):
+        log.set_verbosity_error()
+        log.disable_progress_bar()

@@ -1,0 +1,213 @@
+"""Saved LoRA files load into a fresh diffusers pipeline and reproduce the in-memory model's images."""
+
+from __future__ import annotations
+
+import json
+import struct
+
+import numpy as np
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model
+from peft.tuners.tuners_utils import BaseTunerLayer
+from safetensors import safe_open
+
+from sdexp.export.kohya import from_kohya_state_dict
+from sdexp.export.lora_files import addnet_hash_file, save_lora
+from sdexp.models.loading import load_base
+from sdexp.models.lora_targets import text_encoder_lora_targets, unet_lora_targets
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def make_lora_model(
+    targets: str, rank: int, alpha: float, te_rank: int | None = None, te_alpha: float | None = None
+):
+    """The tiny base with LoRA injected the way training injects it, lora_B seeded nonzero."""
+    base = load_base("tiny")
+    torch.manual_seed(0)
+    base.unet.add_adapter(
+        LoraConfig(r=rank, lora_alpha=alpha, target_modules=unet_lora_targets(base.unet, targets))
+    )
+    if te_rank:
+        # transformers' text_encoder.add_adapter wants peft >= 0.22; peft's own injection is equivalent
+        config = LoraConfig(
+            r=te_rank, lora_alpha=te_alpha, target_modules=text_encoder_lora_targets(base.text_encoder)
+        )
+        inject_adapter_in_model(config, base.text_encoder)
+    g = torch.Generator().manual_seed(1)
+    for module in (base.unet, base.text_encoder):
+        for name, p in module.named_parameters():
+            if "lora_B" in name:
+                p.data = torch.randn(p.shape, generator=g) * 0.1
+    return base
+
+
+def image(pipe, **kwargs) -> np.ndarray:
+    pipe.set_progress_bar_config(disable=True)
+    out = pipe(
+        "a red square",
+        num_inference_steps=3,
+        guidance_scale=5.0,
+        height=64,
+        width=64,
+        generator=torch.Generator().manual_seed(0),
+        output_type="np",
+        **kwargs,
+    )
+    return out.images[0]
+
+
+def lora_modules(pipe, adapter: str) -> tuple[int, int]:
+    def count(model):
+        return sum(1 for m in model.modules() if isinstance(m, BaseTunerLayer) and adapter in m.lora_A)
+
+    return count(pipe.unet), count(pipe.text_encoder)
+
+
+@pytest.fixture(scope="module")
+def base_image():
+    return image(load_base("tiny").pipeline())
+
+
+def save(base, out_dir, targets, rank, alpha, te_rank=None, te_alpha=None, **kwargs):
+    return save_lora(
+        out_dir,
+        unet=base.unet,
+        text_encoder=base.text_encoder if te_rank else None,
+        family=base.family,
+        rank=rank,
+        alpha=alpha,
+        te_rank=te_rank,
+        te_alpha=te_alpha,
+        resolution=64,
+        steps=100,
+        title="test-lora",
+        targets=targets,
+        base_model="tiny",
+        **kwargs,
+    )
+
+
+CASES = [
+    ("attn", 4, 4.0, None, None),
+    ("transformer", 4, 2.0, 2, 3.0),  # alpha ≠ rank on both UNet and text encoder
+    ("all", 4, 8.0, None, None),  # conv LoRA (3x3 and strided) in resnets and samplers
+]
+
+
+@pytest.mark.parametrize("targets,rank,alpha,te_rank,te_alpha", CASES, ids=[c[0] for c in CASES])
+def test_saved_files_reproduce_the_lora_model(tmp_path, base_image, targets, rank, alpha, te_rank, te_alpha):
+    model = make_lora_model(targets, rank, alpha, te_rank, te_alpha)
+    lora_image = image(model.pipeline())
+    assert np.abs(lora_image - base_image).max() > 1e-3, (
+        "the LoRA must change the image for this test to mean anything"
+    )
+    paths = save(model, tmp_path, targets, rank, alpha, te_rank, te_alpha)
+    assert paths["kohya"] == tmp_path / "lora.safetensors"
+    assert paths["diffusers"] == tmp_path / "diffusers" / "pytorch_lora_weights.safetensors"
+    assert sorted(p.name for p in tmp_path.rglob("*")) == sorted(
+        ["lora.safetensors", "diffusers", paths["diffusers"].name]
+    )
+
+    expected = lora_modules(model.pipeline(), "default")
+    assert expected[0] == {"attn": 7 * 8, "transformer": 7 * 12, "all": 7 * 12 + 44}[targets]
+    assert expected[1] == (2 * 6 if te_rank else 0)
+    for kind, path in paths.items():
+        pipe = load_base("tiny").pipeline()
+        pipe.load_lora_weights(str(path), adapter_name="x")
+        assert lora_modules(pipe, "x") == expected, kind
+        if te_rank:  # the text encoder's LoRA, alpha included, arrives intact
+            ids = pipe.tokenizer(["a red square"], padding="max_length", return_tensors="pt").input_ids
+            with torch.no_grad():
+                loaded, ours = pipe.text_encoder(ids)[0], model.text_encoder(ids)[0]
+                plain = load_base("tiny").text_encoder(ids)[0]
+            assert (ours - plain).abs().max() > 1e-3
+            torch.testing.assert_close(loaded, ours, atol=1e-6, rtol=0)
+        np.testing.assert_allclose(image(pipe), lora_image, atol=1e-4, err_msg=kind)
+        pipe.set_adapters("x", 0.0)
+        np.testing.assert_allclose(image(pipe), base_image, atol=1e-5, err_msg=kind)
+
+    # The kohya file holds exactly what peft's own state dict holds, with the real alphas.
+    with safe_open(paths["kohya"], "pt") as f:
+        kohya = {k: f.get_tensor(k) for k in f.keys()}
+    back = from_kohya_state_dict(kohya)
+    peft_sd = get_peft_model_state_dict(model.unet)
+    assert back.unet.keys() == peft_sd.keys()
+    assert all(torch.equal(back.unet[k], peft_sd[k]) for k in peft_sd)
+    assert set(back.unet_alphas.values()) == {alpha}
+    if te_rank:
+        assert set(back.te_alphas["lora_te"].values()) == {te_alpha}
+        assert all(
+            k.startswith("lora_te_text_model_encoder_layers_") for k in kohya if k.startswith("lora_te")
+        )
+    assert all(t.dtype == torch.float32 for t in kohya.values())
+
+
+def _header(path) -> dict:
+    data = path.read_bytes()
+    (length,) = struct.unpack("<Q", data[:8])
+    assert (8 + length) % 8 == 0
+    return json.loads(data[8 : 8 + length])
+
+
+def test_metadata(tmp_path, monkeypatch):
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    model = make_lora_model("all", 4, 2.0, 2, 3.0)
+    paths = save(model, tmp_path, "all", 4, 2.0, 2, 3.0, extra_metadata={"sdexp.run": "trial-7"})
+    with safe_open(paths["kohya"], "pt") as f:
+        meta = f.metadata()
+    assert meta["ss_network_module"] == "networks.lora"
+    assert meta["ss_network_dim"] == "4"
+    assert meta["ss_network_alpha"] == "2.0"
+    assert meta["ss_base_model_version"] == "sd_v1"
+    assert meta["ss_resolution"] == "(64, 64)"
+    assert meta["ss_steps"] == "100"
+    assert meta["ss_output_name"] == "test-lora"
+    assert json.loads(meta["ss_network_args"]) == {"conv_dim": "4", "conv_alpha": "2.0"}
+    assert meta["modelspec.sai_model_spec"] == "1.0.0"
+    assert meta["modelspec.architecture"] == "stable-diffusion-v1/lora"
+    assert meta["modelspec.implementation"] == "diffusers"
+    assert meta["modelspec.title"] == "test-lora"
+    assert meta["modelspec.resolution"] == "64x64"
+    assert meta["modelspec.date"] == "2023-11-14"
+    assert meta["sdexp.targets"] == "all"
+    assert meta["sdexp.base_model"] == "tiny"
+    assert meta["sdexp.text_encoder_rank"] == "2" and meta["sdexp.text_encoder_alpha"] == "3.0"
+    assert meta["sdexp.run"] == "trial-7"
+    assert meta["sshs_model_hash"] == addnet_hash_file(paths["kohya"])
+    with safe_open(paths["diffusers"], "pt") as f:
+        dmeta = f.metadata()
+    adapter = json.loads(dmeta["lora_adapter_metadata"])
+    assert adapter["unet.r"] == 4 and adapter["unet.lora_alpha"] == 2.0
+    assert adapter["text_encoder.r"] == 2 and adapter["text_encoder.lora_alpha"] == 3.0
+    assert dmeta["modelspec.architecture"] == "stable-diffusion-v1/lora"
+
+
+def test_double_save_is_byte_identical(tmp_path, monkeypatch):
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    model = make_lora_model("transformer", 4, 2.0, 2, 3.0)
+    first = save(model, tmp_path / "a", "transformer", 4, 2.0, 2, 3.0)
+    second = save(model, tmp_path / "b", "transformer", 4, 2.0, 2, 3.0)
+    third = save(model, tmp_path / "a", "transformer", 4, 2.0, 2, 3.0)  # overwrite in place
+    for kind in first:
+        assert first[kind].read_bytes() == second[kind].read_bytes() == third[kind].read_bytes(), kind
+        # Sorted metadata: the bytes do not depend on safetensors' per-process hash-map order.
+        meta = _header(first[kind])["__metadata__"]
+        assert list(meta) == sorted(meta)
+    assert not [p for p in (tmp_path / "a").rglob("*") if p.name.endswith(".tmp")]
+
+
+def test_half_precision_on_request(tmp_path):
+    model = make_lora_model("attn", 2, 2.0)
+    paths = save(model, tmp_path, "attn", 2, 2.0, dtype=torch.float16)
+    with safe_open(paths["kohya"], "pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float16}
+
+
+def test_metadata_must_match_the_model(tmp_path):
+    model = make_lora_model("attn", 4, 2.0)
+    with pytest.raises(ValueError, match="rank 4 alpha 2.0, not the rank 8"):
+        save(model, tmp_path, "attn", 8, 2.0)
+    with pytest.raises(ValueError, match="no LoRA adapter"):
+        save(load_base("tiny"), tmp_path, "attn", 4, 2.0)
