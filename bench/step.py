@@ -314,7 +314,9 @@ def run_reference(args, device) -> dict:
     pixels = pixels.to(device, dtype=weight_dtype)
     input_ids = input_ids.to(device)
     autocast = torch.autocast(device.type, dtype=weight_dtype, enabled=weight_dtype != torch.float32)
-    scaler = torch.amp.GradScaler(device.type, enabled=weight_dtype == torch.float16)  # as accelerate does for fp16
+    scaler = torch.amp.GradScaler(
+        device.type, enabled=weight_dtype == torch.float16
+    )  # as accelerate does for fp16
     losses = []
 
     def step():
@@ -394,11 +396,14 @@ class SyntheticImages:
         return self.n
 
     def __getitem__(self, i: int) -> dict:
-        return {"pixel_values": self.pixels[i % len(self.pixels)], "caption": CAPTION, "path": f"synthetic-{i}"}
+        return {
+            "pixel_values": self.pixels[i % len(self.pixels)],
+            "caption": CAPTION,
+            "path": f"synthetic-{i}",
+        }
 
 
 def run_sdexp(args, device) -> dict:
-
     from sdexp.callbacks.base import Callback
     from sdexp.methods.lora import LoraModule
     from sdexp.trainer import Trainer
@@ -483,7 +488,9 @@ def worker(args) -> None:
     if args.worker == "build":
         build_sd15_arch(sd15_arch_dir(), "cuda" if args.device == "cuda" else "cpu")
         return
-    device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = torch.device(
+        args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    )
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="sdexp-bench-") as tmp:
         args.run_dir = tmp
@@ -505,13 +512,20 @@ def spawn(args, impl: str, batch: int | None) -> dict | None:
     cmd = [
         sys.executable,
         str(Path(__file__).resolve()),
-        "--worker", impl,
-        "--model", args.model,
-        "--steps", str(args.steps),
-        "--warmup", str(args.warmup),
-        "--precision", args.precision,
-        "--device", args.device,
-        "--threads", str(args.threads),
+        "--worker",
+        impl,
+        "--model",
+        args.model,
+        "--steps",
+        str(args.steps),
+        "--warmup",
+        str(args.warmup),
+        "--precision",
+        args.precision,
+        "--device",
+        args.device,
+        "--threads",
+        str(args.threads),
     ]
     if batch is not None:
         cmd += ["--batch", str(batch)]
@@ -522,7 +536,7 @@ def spawn(args, impl: str, batch: int | None) -> dict | None:
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
     for line in proc.stdout.splitlines():
         if line.startswith(RESULT_TAG):
-            return json.loads(line[len(RESULT_TAG):])
+            return json.loads(line[len(RESULT_TAG) :])
     if impl == "build" and proc.returncode == 0:
         return {}
     tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-25:])
@@ -583,11 +597,15 @@ def render_table(rows: list[dict], cuda: bool) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", choices=("tiny", "sd15-arch"), default=None, help="default: tiny on CPU, sd15-arch on CUDA")
+    p.add_argument(
+        "--model", choices=("tiny", "sd15-arch"), default=None, help="default: tiny on CPU, sd15-arch on CUDA"
+    )
     p.add_argument("--batch", default=None, help="comma list, default 1,4 on CPU and 1,4,8 on CUDA")
     p.add_argument("--steps", type=int, default=20, help="timed steps")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first")
-    p.add_argument("--precision", choices=("no", "bf16", "fp16"), default=None, help="default: no on CPU, bf16 on CUDA")
+    p.add_argument(
+        "--precision", choices=("no", "bf16", "fp16"), default=None, help="default: no on CPU, bf16 on CUDA"
+    )
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument(
         "--threads",
@@ -596,9 +614,17 @@ def main(argv=None) -> int:
         help="torch CPU threads per worker; default 1 on CPU (steady timings on a shared box), 0 = torch's default",
     )
     p.add_argument("--compile", action="store_true", help="torch.compile the UNet where supported")
-    p.add_argument("--with-logging", action="store_true", help="sdexp also runs train_run's metrics logger and progress bar")
-    p.add_argument("--repeats", type=int, default=1, help="run each (impl, batch) pair this many times, alternating")
-    p.add_argument("--json", default=None, help="where to write results (default bench/results-<device>.json)")
+    p.add_argument(
+        "--with-logging",
+        action="store_true",
+        help="sdexp also runs train_run's metrics logger and progress bar",
+    )
+    p.add_argument(
+        "--repeats", type=int, default=1, help="run each (impl, batch) pair this many times, alternating"
+    )
+    p.add_argument(
+        "--json", default=None, help="where to write results (default bench/results-<device>.json)"
+    )
     p.add_argument("--worker", choices=("ref", "sdexp", "build"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
 
@@ -637,7 +663,14 @@ def main(argv=None) -> int:
                 print(f"running {impl:5s} model={args.model} batch={batch} ...", flush=True)
                 runs[impl].append(spawn(args, impl, batch))
         ref, ours = combine(runs["ref"]), combine(runs["sdexp"])
-        row = {"model": args.model, "batch": batch, "device": device, "precision": args.precision, "ref": ref, "sdexp": ours}
+        row = {
+            "model": args.model,
+            "batch": batch,
+            "device": device,
+            "precision": args.precision,
+            "ref": ref,
+            "sdexp": ours,
+        }
         if ref and ours:
             row["time_ratio"] = ours["step_ms_median"] / ref["step_ms_median"]
             row["mem_ratio"] = _ratio(ours["peak_mb"], ref["peak_mb"])
@@ -650,8 +683,12 @@ def main(argv=None) -> int:
         rows.append(row)
 
     threads = args.threads or torch.get_num_threads()
-    name = torch.cuda.get_device_name() if cuda else f"cpu ({os.cpu_count()} cores), {threads} torch thread(s)"
-    print(f"\n{args.model} on {name}, precision={args.precision}, median of {args.steps} steps after {args.warmup} warm-up")
+    name = (
+        torch.cuda.get_device_name() if cuda else f"cpu ({os.cpu_count()} cores), {threads} torch thread(s)"
+    )
+    print(
+        f"\n{args.model} on {name}, precision={args.precision}, median of {args.steps} steps after {args.warmup} warm-up"
+    )
     print(render_table(rows, cuda))
     for row in rows:
         ref, ours = row["ref"] or {}, row["sdexp"] or {}

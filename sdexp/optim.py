@@ -15,7 +15,6 @@ def build_optimizer_and_scheduler(param_groups: list[dict], train_cfg):
         betas=(t.adam_beta1, t.adam_beta2),
         eps=t.adam_epsilon,
         weight_decay=t.weight_decay,
-        foreach=False,
     )
     kwargs = dict(num_warmup_steps=t.warmup_steps, num_training_steps=t.steps)
     if t.scheduler == "cosine_with_restarts":

@@ -6,6 +6,7 @@ clipping, validation cadence, atomic checkpoint folders and stopping are its who
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import time
@@ -105,15 +106,16 @@ class Trainer:
             for batch in dataloader:
                 with self.accelerator.accumulate(*trainable):
                     out = module.training_step(batch, state.step)
-                    if not torch.isfinite(out.loss):
-                        raise FloatingPointError(f"loss is {out.loss.item()} at step {state.step + 1}")
+                    loss_value = float(out.loss.detach())  # the step's one host sync
+                    if not math.isfinite(loss_value):
+                        raise FloatingPointError(f"loss is {loss_value} at step {state.step + 1}")
                     self.accelerator.backward(out.loss)
                     grad_norm = None
                     if self.accelerator.sync_gradients and self.max_grad_norm:
                         grad_norm = self.accelerator.clip_grad_norm_(params, self.max_grad_norm)
                     optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
-                loss_sum += out.loss.detach().float().item()
+                loss_sum += loss_value
                 micro += 1
                 if not self.accelerator.sync_gradients:
                     continue

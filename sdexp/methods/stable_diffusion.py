@@ -36,6 +36,7 @@ class StableDiffusionModule(TrainingModule):
         self.train_dataset = None
         self._generator: torch.Generator | None = None
         self._val_cache: list[dict] | None = None
+        self._token_cache: dict[str, torch.Tensor] = {}
 
     # ----- set-up -------------------------------------------------------------------------
     @property
@@ -89,6 +90,9 @@ class StableDiffusionModule(TrainingModule):
             if self.text_encoder_trains:
                 self.base.text_encoder.gradient_checkpointing_enable()
         self._generator = torch.Generator(device=device).manual_seed(cfg.train.seed)
+        # diffusers' `.dtype` walks every submodule on each read (ms per step): read it once.
+        self._unet_dtype = self.base.unet.dtype
+        self._vae_dtype = self.base.vae.dtype
 
     def configure_adapters(self) -> None:
         """Choose and wrap the trainable parameters (subclasses)."""
@@ -114,29 +118,36 @@ class StableDiffusionModule(TrainingModule):
         self.train_dataset.set_epoch(epoch)
 
     # ----- encoding -----------------------------------------------------------------------
+    def token_ids(self, captions: list[str]) -> torch.Tensor:
+        """Padded token ids, tokenized once per distinct caption."""
+        tok, cache = self.base.tokenizer, self._token_cache
+        for caption in captions:
+            if caption not in cache:
+                cache[caption] = tok(
+                    caption,
+                    padding="max_length",
+                    max_length=tok.model_max_length,
+                    truncation=True,
+                    return_tensors="pt",
+                ).input_ids[0]
+        return torch.stack([cache[c] for c in captions])
+
     def encode_prompts(self, captions: list[str]) -> torch.Tensor:
-        tok = self.base.tokenizer
-        ids = tok(
-            captions,
-            padding="max_length",
-            max_length=tok.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        ).input_ids.to(self.trainer.device)
+        ids = self.token_ids(captions).to(self.trainer.device)
         return self.base.text_encoder(ids)[0]
 
     def encode_images(self, pixel_values: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         """VAE latents: a sample with ``generator``, the mean when ``generator`` is None."""
         vae = self.base.vae
-        pixels = pixel_values.to(self.trainer.device, dtype=vae.dtype)
+        pixels = pixel_values.to(self.trainer.device, dtype=self._vae_dtype)
         with torch.no_grad():
             dist = vae.encode(pixels).latent_dist
             latents = dist.sample(generator=generator) if generator is not None else dist.mode()
         return latents * vae.config.scaling_factor
 
     def _predict(self, noisy: torch.Tensor, timesteps: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        unet = self.base.unet
-        return unet(noisy.to(unet.dtype), timesteps, text.to(unet.dtype)).sample
+        dtype = self._unet_dtype
+        return self.base.unet(noisy.to(dtype), timesteps, text.to(dtype)).sample
 
     # ----- steps --------------------------------------------------------------------------
     def training_step(self, batch: dict, step: int) -> StepOutput:

@@ -216,3 +216,24 @@ def test_a_failing_run_records_why_and_keeps_its_logs(compose, toy_images, tmp_p
     assert run_json["status"] == "failed" and "FloatingPointError" in run_json["error"]
     assert run_json["steps"] == 2
     assert [r["step"] for r in read_metrics(tmp_path / "run") if "train/loss" in r] == [1, 2]
+
+
+def test_sd15_config_trains_from_an_fp16_only_diffusers_folder(compose, toy_images, tmp_path):
+    """model=sd15 model.path=DIR with only *.fp16.safetensors files (as many SD 1.5 downloads ship)."""
+    from sdexp.models.loading import detect_variant, load_base
+
+    folder = tmp_path / "sd15-fp16"
+    pipe = load_base("tiny").pipeline().to(torch.float16)
+    pipe.save_pretrained(folder, variant="fp16")
+    assert detect_variant(folder) == "fp16"
+    cfg = compose(
+        *FAST, "model=sd15", f"model.path={folder}", f"data.dir={toy_images}", "data.prompt=x",
+        "train.resolution=64", "train.steps=2",
+    )
+    result = train_run(cfg, tmp_path / "run")
+    assert result.steps == 2 and math.isfinite(result.last_val["val/loss"])
+    from safetensors import safe_open
+
+    with safe_open(str(result.final_checkpoint / "lora.safetensors"), "pt") as f:
+        assert f.metadata()["ss_base_model_version"] == "sd_v1"
+        assert f.metadata()["ss_resolution"] == "(64, 64)"
