@@ -353,18 +353,6 @@ def run_reference(args, device) -> dict:
 
 
 # ----- sdexp: LoraModule through the real Trainer.fit ---------------------------------------
-def compose_config(*overrides: str):
-    """The validated RunConfig that run.py builds for ``overrides``."""
-    from hydra import compose, initialize_config_dir
-
-    from sdexp.config import register_schemas, to_run_config
-
-    register_schemas()
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=list(overrides))
-    return to_run_config(cfg)
-
-
 def sdexp_overrides(args, total_steps: int) -> list[str]:
     model = ["model=tiny"] if args.model == "tiny" else ["model=sd15", f"model.path={sd15_arch_dir()}"]
     return [
@@ -405,12 +393,13 @@ class SyntheticImages:
 
 def run_sdexp(args, device) -> dict:
     from sdexp.callbacks.base import Callback
+    from sdexp.entry import compose_run_config
     from sdexp.methods.lora import LoraModule
     from sdexp.trainer import Trainer
 
     meter = Meter(device, args.warmup, args.steps)
     total = meter.total
-    cfg = compose_config(*sdexp_overrides(args, total))
+    cfg = compose_run_config(sdexp_overrides(args, total))
     t = cfg.train
     module = LoraModule(cfg)
     resolution = 64 if args.model == "tiny" else 512
@@ -480,7 +469,7 @@ def fixed_inputs(args, tokenizer, resolution: int):
 def worker(args) -> None:
     import torch
 
-    from sdexp.run import quiet_libraries
+    from sdexp.quiet import quiet_libraries
 
     quiet_libraries()
     if args.threads:

@@ -13,6 +13,21 @@ from pathlib import Path
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 
+def compose_run_config(overrides: list[str] | tuple[str, ...] = (), config_name: str = "config"):
+    """The validated RunConfig that run.py would build for ``overrides`` (Hydra's compose API).
+
+    Sweeps, the demo and tests build runs through this, so they see exactly what run.py sees.
+    """
+    from hydra import compose, initialize_config_dir
+
+    from sdexp.config import register_schemas, to_run_config
+
+    register_schemas()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name=config_name, overrides=list(overrides))
+    return to_run_config(cfg)
+
+
 def _overrides_to_check(overrides: list[str], multirun: bool) -> list[list[str]]:
     """One override list per value of every sweep override (others at their first value)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser

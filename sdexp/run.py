@@ -13,7 +13,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from sdexp.config import RunConfig, as_plain_dict
-from sdexp.errors import UserError
+from sdexp.errors import ConfigError, UserError
 from sdexp.quiet import quiet_libraries
 
 
@@ -93,6 +93,10 @@ def train_run(cfg: RunConfig, run_dir: str | Path, *, notify=print) -> RunResult
     )
     logger, wandb_logger = _build_logger(cfg, run_dir, notify)
     callbacks = [MetricsLogging(logger, t.log_every, t.batch_size * t.gradient_accumulation), ProgressBar()]
+    if t.early_stopping.patience and not module.val_batches_expected():
+        raise ConfigError(
+            "train.early_stopping.patience: early stopping needs validation; set data.val_images > 0"
+        )
     if t.early_stopping.patience:
         es = t.early_stopping
         callbacks.append(EarlyStopping(es.monitor, es.mode, es.patience, es.min_delta))

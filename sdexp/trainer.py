@@ -92,6 +92,7 @@ class Trainer:
         trainable = module.trainable_modules()
         prepared = self.accelerator.prepare(*trainable, optimizer, module.train_dataloader())
         *trainable, optimizer, dataloader = prepared
+        module.on_modules_prepared(trainable)
         self.optimizer, self.lr_scheduler = optimizer, lr_scheduler
         for m in trainable:
             m.train()

@@ -24,14 +24,9 @@ def toy_images(tmp_path) -> Path:
 
 def compose_run_config(*overrides: str):
     """The validated RunConfig that run.py would build for ``overrides``."""
-    from hydra import compose, initialize_config_dir
+    from sdexp.entry import compose_run_config as compose_overrides
 
-    from sdexp.config import register_schemas, to_run_config
-
-    register_schemas()
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=list(overrides))
-    return to_run_config(cfg)
+    return compose_overrides(overrides)
 
 
 @pytest.fixture()

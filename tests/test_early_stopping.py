@@ -34,6 +34,10 @@ def test_min_delta_and_max_mode():
     assert cb.best == 1.0 and cb.best_step == 10
 
 
-def test_missing_monitor_never_stops():
-    trainer = _trainer()
-    assert _feed(EarlyStopping(monitor="val/other", patience=1), trainer, [1, 2, 3]) is None
+def test_a_monitor_that_is_not_logged_is_a_config_error():
+    import pytest
+
+    from sdexp.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="val/typo.*val/loss"):
+        _feed(EarlyStopping(monitor="val/typo", patience=1), _trainer(), [1, 2, 3])

@@ -1,10 +1,14 @@
-"""Stop when a monitored value has not improved for ``patience`` validations (Lightning's semantics)."""
+"""Stop when a monitored value has not improved for ``patience`` validations (Lightning's semantics).
+
+Like Lightning's strict mode, a monitor that is not logged is an error, not a silent no-op.
+"""
 
 from __future__ import annotations
 
 import math
 
 from sdexp.callbacks.base import Callback
+from sdexp.errors import ConfigError
 
 
 class EarlyStopping(Callback):
@@ -26,7 +30,10 @@ class EarlyStopping(Callback):
 
     def on_validation_end(self, trainer, module, metrics: dict) -> None:
         if self.monitor not in metrics:
-            return
+            raise ConfigError(
+                f"train.early_stopping.monitor: {self.monitor!r} is not among the validation metrics "
+                f"({', '.join(sorted(metrics)) or 'none'}); monitor one of those"
+            )
         value = float(metrics[self.monitor])
         if self._improved(value):
             self.best, self.best_step, self.wait = value, trainer.state.step, 0

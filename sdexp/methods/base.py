@@ -38,9 +38,16 @@ class TrainingModule:
         """Fixed batches for the validation loss (same every time); empty = no validation."""
         return []
 
+    def val_batches_expected(self) -> bool:
+        """Whether ``val_batches`` will hold data; checked before training starts."""
+        return True
+
     def trainable_modules(self) -> list[torch.nn.Module]:
         """Modules holding trainable parameters (prepared by accelerate, put in train mode)."""
         raise NotImplementedError
+
+    def on_modules_prepared(self, modules: list[torch.nn.Module]) -> None:
+        """``trainable_modules()`` as accelerate wrapped them (DDP etc.): call these in steps."""
 
     def configure_optimizers(self) -> tuple[torch.optim.Optimizer, Any]:
         """The optimizer and the per-step learning-rate scheduler."""

@@ -37,6 +37,7 @@ class StableDiffusionModule(TrainingModule):
         self._generator: torch.Generator | None = None
         self._val_cache: list[dict] | None = None
         self._token_cache: dict[str, torch.Tensor] = {}
+        self._unet_call = self._text_encoder_call = None  # set once accelerate has prepared them
 
     # ----- set-up -------------------------------------------------------------------------
     @property
@@ -94,6 +95,11 @@ class StableDiffusionModule(TrainingModule):
         self._unet_dtype = self.base.unet.dtype
         self._vae_dtype = self.base.vae.dtype
 
+    def on_modules_prepared(self, modules: list[torch.nn.Module]) -> None:
+        # Forward through accelerate's wrappers so DDP can sync gradients (same objects on one device).
+        self._unet_call = modules[0]
+        self._text_encoder_call = modules[1] if self.text_encoder_trains else self.base.text_encoder
+
     def configure_adapters(self) -> None:
         """Choose and wrap the trainable parameters (subclasses)."""
         raise NotImplementedError
@@ -134,7 +140,7 @@ class StableDiffusionModule(TrainingModule):
 
     def encode_prompts(self, captions: list[str]) -> torch.Tensor:
         ids = self.token_ids(captions).to(self.trainer.device)
-        return self.base.text_encoder(ids)[0]
+        return self._text_encoder_call(ids)[0]
 
     def encode_images(self, pixel_values: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         """VAE latents: a sample with ``generator``, the mean when ``generator`` is None."""
@@ -147,7 +153,7 @@ class StableDiffusionModule(TrainingModule):
 
     def _predict(self, noisy: torch.Tensor, timesteps: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         dtype = self._unet_dtype
-        return self.base.unet(noisy.to(dtype), timesteps, text.to(dtype)).sample
+        return self._unet_call(noisy.to(dtype), timesteps, text.to(dtype)).sample
 
     # ----- steps --------------------------------------------------------------------------
     def training_step(self, batch: dict, step: int) -> StepOutput:
@@ -162,6 +168,10 @@ class StableDiffusionModule(TrainingModule):
         target = prediction_target(sched, latents, noise, timesteps)
         loss = per_sample_loss(pred, target, timesteps, sched, t.min_snr_gamma).mean()
         return StepOutput(loss=loss)
+
+    def val_batches_expected(self) -> bool:
+        """Whether validation will have data (known after ``load_data``, before models load)."""
+        return self.val_dataset is not None or self.cfg.data.val_images > 0
 
     def val_batches(self) -> list[dict]:
         """Encoded once: fixed latents (VAE mean), noise and a timestep grid, from a private RNG."""

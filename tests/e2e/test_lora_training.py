@@ -144,6 +144,11 @@ def test_wandb_offline_run_matches_metrics_jsonl(compose, toy_images, tmp_path, 
     assert offline["run"]["group"] == "g1" and offline["run"]["tags"] == ["t1"]
     assert offline["config"]["train"]["steps"] == 5
     assert offline["summary"]["steps"] == 5
+    from PIL import Image
+
+    grid = Image.open(run_dir / "samples" / "step-000005.png")
+    assert grid.size == (64, 64)  # one prompt at the tiny model's 64 px
+    assert any(k.startswith("samples") for row in offline["history"] for k in row)
 
 
 def test_early_stopping_ends_the_run_and_says_why(compose, toy_images, tmp_path):
@@ -227,8 +232,13 @@ def test_sd15_config_trains_from_an_fp16_only_diffusers_folder(compose, toy_imag
     pipe.save_pretrained(folder, variant="fp16")
     assert detect_variant(folder) == "fp16"
     cfg = compose(
-        *FAST, "model=sd15", f"model.path={folder}", f"data.dir={toy_images}", "data.prompt=x",
-        "train.resolution=64", "train.steps=2",
+        *FAST,
+        "model=sd15",
+        f"model.path={folder}",
+        f"data.dir={toy_images}",
+        "data.prompt=x",
+        "train.resolution=64",
+        "train.steps=2",
     )
     result = train_run(cfg, tmp_path / "run")
     assert result.steps == 2 and math.isfinite(result.last_val["val/loss"])
@@ -237,3 +247,16 @@ def test_sd15_config_trains_from_an_fp16_only_diffusers_folder(compose, toy_imag
     with safe_open(str(result.final_checkpoint / "lora.safetensors"), "pt") as f:
         assert f.metadata()["ss_base_model_version"] == "sd_v1"
         assert f.metadata()["ss_resolution"] == "(64, 64)"
+
+
+def test_held_out_validation_images_are_used_for_val_loss(compose, toy_images, tmp_path):
+    from sdexp.demo import write_demo_images
+    from sdexp.errors import UserError
+
+    held_out = write_demo_images(tmp_path / "held-out", n=2, seed=9)
+    base = (*FAST, f"data.dir={toy_images}", "data.prompt=x", "train.steps=1")
+    with_val = train_run(compose(*base, f"data.val_dir={held_out}"), tmp_path / "a")
+    without = train_run(compose(*base), tmp_path / "b")
+    assert with_val.last_val["val/loss"] != without.last_val["val/loss"]
+    with pytest.raises(UserError, match="data.val_dir"):
+        train_run(compose(*base, f"data.val_dir={tmp_path / 'missing'}"), tmp_path / "c")
