@@ -47,53 +47,11 @@ LORA_RANK = 4
 RESULT_TAG = "@@BENCH@@ "
 SD15_ARCH_VERSION = 1
 
-# SD 1.5's VAE (runwayml/stable-diffusion-v1-5 vae/config.json); the UNet and text encoder
-# configs come from sdexp.models.sd15_meta when it exists.
-SD15_VAE_CONFIG = dict(
-    in_channels=3,
-    out_channels=3,
-    down_block_types=("DownEncoderBlock2D",) * 4,
-    up_block_types=("UpDecoderBlock2D",) * 4,
-    block_out_channels=(128, 256, 512, 512),
-    latent_channels=4,
-    layers_per_block=2,
-    norm_num_groups=32,
-    act_fn="silu",
-    sample_size=512,
-)
-_SD15_UNET_FALLBACK = dict(
-    sample_size=64,
-    in_channels=4,
-    out_channels=4,
-    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-    block_out_channels=(320, 640, 1280, 1280),
-    layers_per_block=2,
-    cross_attention_dim=768,
-    attention_head_dim=8,
-)
-_SD15_TEXT_FALLBACK = dict(
-    vocab_size=49408,
-    hidden_size=768,
-    intermediate_size=3072,
-    num_hidden_layers=12,
-    num_attention_heads=12,
-    max_position_embeddings=77,
-    hidden_act="quick_gelu",
-    projection_dim=768,
-    bos_token_id=0,
-    eos_token_id=2,
-    pad_token_id=1,
-)
 
+def _sd15_configs() -> tuple[dict, dict, dict]:
+    from sdexp.models.sd15_meta import SD15_TEXT_CONFIG, SD15_UNET_CONFIG, SD15_VAE_CONFIG
 
-def sd15_configs() -> tuple[dict, dict]:
-    try:
-        from sdexp.models.sd15_meta import SD15_TEXT_CONFIG, SD15_UNET_CONFIG
-
-        return dict(SD15_UNET_CONFIG), dict(SD15_TEXT_CONFIG)
-    except ImportError:
-        return dict(_SD15_UNET_FALLBACK), dict(_SD15_TEXT_FALLBACK)
+    return dict(SD15_UNET_CONFIG), dict(SD15_TEXT_CONFIG), dict(SD15_VAE_CONFIG)
 
 
 # ----- models -------------------------------------------------------------------------------
@@ -116,7 +74,7 @@ def build_sd15_arch(out: Path, device: str) -> Path:
 
     if (out / "model_index.json").exists():
         return out
-    unet_cfg, text_cfg = sd15_configs()
+    unet_cfg, text_cfg, vae_cfg = _sd15_configs()
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".sd15-arch-", dir=out.parent))
     try:
@@ -126,7 +84,7 @@ def build_sd15_arch(out: Path, device: str) -> Path:
             torch.manual_seed(0)
             unet = UNet2DConditionModel(**unet_cfg)
             torch.manual_seed(1)
-            vae = AutoencoderKL(**SD15_VAE_CONFIG)
+            vae = AutoencoderKL(**vae_cfg)
             torch.manual_seed(2)
             text_encoder = CLIPTextModel(CLIPTextConfig(**text_cfg))
         pipe = StableDiffusionPipeline(
@@ -150,132 +108,7 @@ def model_ref(model: str) -> str:
     return "tiny" if model == "tiny" else str(sd15_arch_dir())
 
 
-# ----- measurement helpers ------------------------------------------------------------------
-def _rss_kb() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
-
-
-def _maxrss_kb() -> int:
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-
-
-class Meter:
-    """Step timestamps and peak memory, from ``start()`` (after the model is loaded and placed).
-
-    Steps 1..warmup are untimed, warmup+1..warmup+steps timed; the RSS / CUDA peak is read at the
-    end of the last timed step. On CPU one more step then runs under torch.profiler to count the
-    bytes of tensors it allocates (its peak above the level at its start): exact, unlike RSS,
-    which also holds what the allocator keeps. That step is not timed.
-    """
-
-    def __init__(self, device, warmup: int, steps: int):
-        import torch
-
-        self.torch = torch
-        self.cuda = device.type == "cuda"
-        self.warmup, self.steps = warmup, steps
-        self.total = warmup + steps + (0 if self.cuda else 1)
-        self.times: list[float] = []
-        self.peak: dict = {}
-        self._prof = None
-
-    def sync(self):
-        if self.cuda:
-            self.torch.cuda.synchronize()
-
-    def start(self, modules=()):
-        # safetensors weights are memory-mapped: their pages join the RSS only when first read, which
-        # would count the whole model as training memory on CPU. Read them all before the baseline.
-        with self.torch.no_grad():
-            for m in modules:
-                for t in (*m.parameters(), *m.buffers()):
-                    t.sum()
-        self.sync()
-        if self.cuda:
-            self.base_mb = self.torch.cuda.memory_allocated() / 2**20
-            self.torch.cuda.reset_peak_memory_stats()
-        else:
-            self.base_rss_kb = _rss_kb()
-            self.maxrss_before_kb = _maxrss_kb()
-            try:  # Linux: "5" resets the peak RSS (VmHWM, and so ru_maxrss) to the current RSS
-                with open("/proc/self/clear_refs", "w") as f:
-                    f.write("5")
-                self.peak_reset = True
-            except OSError:
-                self.peak_reset = False
-        self.times.append(time.perf_counter())
-
-    def step_end(self, step: int):
-        """Call after step ``step`` (1-based) has finished."""
-        self.sync()
-        if step <= self.warmup + self.steps:
-            self.times.append(time.perf_counter())
-        if step == self.warmup + self.steps:
-            self._read_peak()
-            if not self.cuda:
-                self._profile_begin()
-        elif step == self.total and self._prof is not None:
-            self._profile_end()
-
-    def _read_peak(self):
-        if self.cuda:
-            torch = self.torch
-            peak = torch.cuda.max_memory_allocated() / 2**20
-            self.peak = {
-                "peak_mb": peak - self.base_mb,
-                "peak_abs_mb": peak,
-                "baseline_mb": self.base_mb,
-                "peak_reserved_mb": torch.cuda.max_memory_reserved() / 2**20,
-                "peak_method": "torch.cuda.max_memory_allocated - allocated after setup",
-            }
-        else:
-            maxrss = _maxrss_kb()
-            base = self.base_rss_kb if self.peak_reset else self.maxrss_before_kb
-            self.peak = {
-                "peak_mb": (maxrss - base) / 1024,
-                "peak_abs_mb": maxrss / 1024,
-                "baseline_mb": self.base_rss_kb / 1024,
-                "peak_method": "ru_maxrss (reset via clear_refs) - RSS after setup"
-                if self.peak_reset
-                else "ru_maxrss delta (no peak reset: may under-count)",
-            }
-
-    def _profile_begin(self):
-        from torch.profiler import ProfilerActivity, profile
-
-        self._prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
-        self._prof.__enter__()
-
-    def _profile_end(self):
-        prof, self._prof = self._prof, None
-        prof.__exit__(None, None, None)
-        try:  # every allocation (+bytes) and free (-bytes) in the step, in time order
-            events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
-            events.sort(key=lambda e: e.start_ns())
-            live = peak = 0
-            for e in events:
-                live += e.nbytes()
-                peak = max(peak, live)
-            self.peak["tensor_peak_mb"] = peak / 2**20
-        except AttributeError:  # a torch without these (private) profiler results
-            self.peak["tensor_peak_mb"] = None
-
-    def summary(self) -> dict:
-        steps = [b - a for a, b in zip(self.times, self.times[1:])]
-        timed = steps[self.warmup :]
-        return {
-            "step_ms_median": 1000 * statistics.median(timed),
-            "step_ms_mean": 1000 * statistics.fmean(timed),
-            "step_ms_min": 1000 * min(timed),
-            "step_ms_all": [round(1000 * s, 2) for s in steps],
-            **self.peak,
-        }
+from meter import Meter  # noqa: E402  (bench/ is on sys.path when this script runs)
 
 
 # ----- the reference step (diffusers example) -----------------------------------------------

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import re
-import uuid
 from pathlib import Path
+
+from sdexp.atomic import atomic_write_bytes
 
 PARAMETERS_KEY = "parameters"
 NEGATIVE_PREFIX = "Negative prompt:"
@@ -99,16 +99,7 @@ def write_png(image, path: str | Path, parameters: str) -> Path:
     info.add_text(PARAMETERS_KEY, parameters)  # tEXt when latin-1 encodable, else iTXt
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", pnginfo=info)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        tmp.write_bytes(buffer.getvalue())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write_bytes(path, buffer.getvalue())
 
 
 def read_parameters(path: str | Path) -> str | None:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from sdexp.atomic import atomic_write_bytes
 from sdexp.config import RunConfig, as_plain_dict
 from sdexp.errors import ConfigError, UserError
 from sdexp.quiet import quiet_libraries
@@ -30,11 +31,8 @@ class RunResult:
 
 def save_config(cfg: RunConfig, run_dir: Path) -> Path:
     """The composed config, complete and plain: rerun it with `--config-path RUN --config-name config`."""
-    path = run_dir / "config.yaml"
-    tmp = path.with_suffix(".yaml.tmp")
-    tmp.write_text(OmegaConf.to_yaml(OmegaConf.create(as_plain_dict(cfg))))
-    tmp.replace(path)
-    return path
+    text = OmegaConf.to_yaml(OmegaConf.create(as_plain_dict(cfg)))
+    return atomic_write_bytes(run_dir / "config.yaml", text.encode("utf-8"))
 
 
 def _build_logger(cfg: RunConfig, run_dir: Path, notify):

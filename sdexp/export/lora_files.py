@@ -13,11 +13,11 @@ import math
 import os
 import struct
 import tempfile
-import uuid
 from pathlib import Path
 
 import torch
 
+from sdexp.atomic import atomic_write_bytes
 from sdexp.export.kohya import TEXT_MODEL, clean_module_name, to_kohya_state_dict
 
 KOHYA_FILE = "lora.safetensors"
@@ -59,23 +59,6 @@ def addnet_hash_file(path: str | Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write ``data`` to a temporary file beside ``path`` and rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "xb") as f:  # honours the umask, unlike mkstemp's 0600
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
 
 
 # ---------------------------------------------------------------- reading LoRA layers

@@ -46,6 +46,20 @@ SD15_TEXT_CONFIG = dict(
     pad_token_id=1,
 )
 
+# SD 1.5's VAE (vae/config.json of the released checkpoint).
+SD15_VAE_CONFIG = dict(
+    in_channels=3,
+    out_channels=3,
+    down_block_types=("DownEncoderBlock2D",) * 4,
+    up_block_types=("UpDecoderBlock2D",) * 4,
+    block_out_channels=(128, 256, 512, 512),
+    latent_channels=4,
+    layers_per_block=2,
+    norm_num_groups=32,
+    act_fn="silu",
+    sample_size=512,
+)
+
 # Known sizes of the real checkpoints, for tests that the configs above are the real ones.
 SD15_UNET_PARAMS = 859_520_964
 SD15_TEXT_ENCODER_PARAMS = 123_060_480

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import platform
 import re
-import tempfile
 import time
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sdexp.atomic import write_json_atomic
 from sdexp.tracking.base import Logger
 
 if TYPE_CHECKING:
@@ -53,31 +52,6 @@ def sanitise_key(key: str) -> str:
     """Make a metric/image key usable as one folder name ("val/samples" -> "val_samples")."""
     name = re.sub(r"[^A-Za-z0-9._-]+", "_", key).strip("_")
     return name if name not in ("", ".", "..") else "_"
-
-
-def write_json_atomic(path: Path, data: dict) -> None:
-    """Write JSON so readers see the old or the new file, never a torn one (tmp + fsync + os.replace)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2, default=str)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    try:  # persist the rename itself; not possible on every platform/filesystem
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:
-        pass
 
 
 def _read_json(path: Path) -> dict:

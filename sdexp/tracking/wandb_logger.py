@@ -163,15 +163,16 @@ class WandbLogger(Logger):
         except Exception as err:  # noqa: BLE001 - an unreachable server must not kill training
             if self.mode != "online":
                 raise
-            # the failed attempt leaves a run-* folder holding only its handshake; keep one run per run_dir
-            for stale in _run_folders(self.run_dir) - before:
-                shutil.rmtree(stale, ignore_errors=True)
             first_line = (str(err).strip().splitlines() or [""])[0]
             self.mode, reason = (
                 "offline",
                 f"could not start an online run ({type(err).__name__}: {first_line})",
             )
+            failed_attempt = _run_folders(self.run_dir) - before
             self.run = wandb.init(mode="offline", **init_kwargs)
+            # the failed attempt leaves a run-* folder holding only its handshake; keep one run per run_dir
+            for stale in failed_attempt:
+                shutil.rmtree(stale, ignore_errors=True)
         self._run_path = Path(self.run.settings.sync_dir)
         self._reason = reason
         if reason:

@@ -1,0 +1,41 @@
+"""Atomic file writes: readers see the old file or the new one, never a torn one.
+
+Checkpoints, run.json and generated images all go through here (tmp beside the target, fsync,
+os.replace, then fsync of the folder so the rename itself survives a crash).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from pathlib import Path
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, "xb") as f:  # honours the umask, unlike mkstemp's 0600
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    try:  # persist the rename; not possible on every platform/filesystem
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:
+        pass
+    return path
+
+
+def write_json_atomic(path: str | Path, data: dict) -> Path:
+    text = json.dumps(data, indent=2, default=str) + "\n"
+    return atomic_write_bytes(path, text.encode("utf-8"))
