@@ -73,34 +73,16 @@ def train_run(cfg: RunConfig, run_dir: str | Path, *, notify=print) -> RunResult
     run_dir = Path(run_dir).resolve()
     t = cfg.train
     module = build_module(cfg)
-    module.load_data()  # fail on bad images before touching models
+    # Everything that can be wrong with the inputs fails here, before the run folder exists.
+    module.load_data()
     resolve_model_dir(cfg.model.path or cfg.model.name)
     if (run_dir / "run.json").exists():
         raise UserError(
             f"hydra.run.dir: {run_dir} already holds a run (run.json); choose a new folder or delete that one"
         )
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run_dir)
-    write_run_json(
-        run_dir,
-        status="running",
-        seed=t.seed,
-        versions=collect_versions(),
-        started_at=time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
-        images=len(module.train_dataset),
-    )
-    logger, wandb_logger = _build_logger(cfg, run_dir, notify)
-    callbacks = [MetricsLogging(logger, t.log_every, t.batch_size * t.gradient_accumulation), ProgressBar()]
     if t.early_stopping.patience and not module.val_batches_expected():
         raise ConfigError(
             "train.early_stopping.patience: early stopping needs validation; set data.val_images > 0"
-        )
-    if t.early_stopping.patience:
-        es = t.early_stopping
-        callbacks.append(EarlyStopping(es.monitor, es.mode, es.patience, es.min_delta))
-    if t.sample_prompts:
-        callbacks.append(
-            SampleImages(t.sample_prompts, t.sample_every, t.sample_seed, run_dir / "samples", wandb_logger)
         )
     trainer = Trainer(
         run_dir=run_dir,
@@ -113,8 +95,29 @@ def train_run(cfg: RunConfig, run_dir: str | Path, *, notify=print) -> RunResult
         val_every=t.val_every,
         checkpoint_every=t.checkpoint_every,
         log_every=t.log_every,
-        callbacks=callbacks,
     )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir)
+    write_run_json(
+        run_dir,
+        status="running",
+        seed=t.seed,
+        versions=collect_versions(),
+        started_at=time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
+        images=len(module.train_dataset),
+    )
+    logger, wandb_logger = _build_logger(cfg, run_dir, notify)
+    trainer.callbacks += [
+        MetricsLogging(logger, t.log_every, t.batch_size * t.gradient_accumulation),
+        ProgressBar(),
+    ]
+    if t.early_stopping.patience:
+        es = t.early_stopping
+        trainer.callbacks.append(EarlyStopping(es.monitor, es.mode, es.patience, es.min_delta))
+    if t.sample_prompts:
+        trainer.callbacks.append(
+            SampleImages(t.sample_prompts, t.sample_every, t.sample_seed, run_dir / "samples", wandb_logger)
+        )
     try:
         state = trainer.fit(module)
     except BaseException as err:  # record why the run ended, keep its logs, then re-raise

@@ -18,6 +18,7 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 
 from sdexp.callbacks.base import Callback
+from sdexp.errors import UserError
 from sdexp.methods.base import TrainingModule
 
 
@@ -62,6 +63,10 @@ class Trainer:
         self.checkpoint_every = checkpoint_every
         self.log_every = log_every
         self.callbacks = list(callbacks or [])
+        if device == "cuda" and not torch.cuda.is_available():
+            raise UserError(
+                "train.device: cuda was asked for but no CUDA device is visible; use train.device=auto"
+            )
         use_cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
         self.accelerator = Accelerator(
             cpu=use_cpu,
