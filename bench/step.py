@@ -256,19 +256,8 @@ def run_sdexp(args, device) -> dict:
         from sdexp.tracking.run_folder import RunFolderLogger
 
         callbacks = [MetricsLogging(RunFolderLogger(args.run_dir), t.log_every, t.batch_size), ProgressBar()]
-    trainer = Trainer(
-        run_dir=args.run_dir,
-        max_steps=t.steps,
-        seed=t.seed,
-        device=t.device,
-        mixed_precision=t.mixed_precision,
-        gradient_accumulation=t.gradient_accumulation,
-        max_grad_norm=t.max_grad_norm,
-        val_every=t.val_every,
-        checkpoint_every=t.checkpoint_every,
-        log_every=t.log_every,
-        callbacks=[*callbacks, Timer()],  # last, so the other callbacks' cost is inside the step
-    )
+    # Timer last, so the other callbacks' cost is inside the step.
+    trainer = Trainer.from_config(t, args.run_dir, callbacks=[*callbacks, Timer()])
     state = trainer.fit(module)
     assert state.step == total, state
     unet = module.base.unet

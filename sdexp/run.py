@@ -84,18 +84,7 @@ def train_run(cfg: RunConfig, run_dir: str | Path, *, notify=print) -> RunResult
         raise ConfigError(
             "train.early_stopping.patience: early stopping needs validation; set data.val_images > 0"
         )
-    trainer = Trainer(
-        run_dir=run_dir,
-        max_steps=t.steps,
-        seed=t.seed,
-        device=t.device,
-        mixed_precision=t.mixed_precision,
-        gradient_accumulation=t.gradient_accumulation,
-        max_grad_norm=t.max_grad_norm,
-        val_every=t.val_every,
-        checkpoint_every=t.checkpoint_every,
-        log_every=t.log_every,
-    )
+    trainer = Trainer.from_config(t, run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir)
     write_run_json(

@@ -76,6 +76,24 @@ class Trainer:
         self.state = TrainerState(max_steps=max_steps)
         self.should_stop = False
 
+    @classmethod
+    def from_config(cls, train_cfg, run_dir: str | Path, callbacks: list[Callback] | None = None) -> Trainer:
+        """A trainer for a run config's ``train`` section (run.py, sweeps and the benchmark use this)."""
+        t = train_cfg
+        return cls(
+            run_dir=run_dir,
+            max_steps=t.steps,
+            seed=t.seed,
+            device=t.device,
+            mixed_precision=t.mixed_precision,
+            gradient_accumulation=t.gradient_accumulation,
+            max_grad_norm=t.max_grad_norm,
+            val_every=t.val_every,
+            checkpoint_every=t.checkpoint_every,
+            log_every=t.log_every,
+            callbacks=callbacks,
+        )
+
     @property
     def device(self) -> torch.device:
         return self.accelerator.device

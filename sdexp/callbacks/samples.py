@@ -27,7 +27,6 @@ class SampleImages(Callback):
         self.prompts, self.every, self.seed = list(prompts), every, seed
         self.out_dir = Path(out_dir)
         self.logger = logger
-        self.written: list[Path] = []
 
     def _sample(self, trainer, module) -> None:
         if not self.prompts or not trainer.is_main_process:
@@ -37,7 +36,6 @@ class SampleImages(Callback):
         self.out_dir.mkdir(parents=True, exist_ok=True)
         path = self.out_dir / f"step-{step:06d}.png"
         make_grid(images).save(path)
-        self.written.append(path)
         if self.logger is not None:
             self.logger.log_images("samples", images, step=step, captions=self.prompts)
 

@@ -15,7 +15,7 @@ from sdexp.config import RunConfig
 from sdexp.data import collate, load_dataset
 from sdexp.methods.base import StepOutput, TrainingModule
 from sdexp.methods.diffusion import per_sample_loss, prediction_target, sample_noise, sample_timesteps
-from sdexp.models.loading import DTYPES, BaseModel, load_base
+from sdexp.models.loading import DTYPES, BaseModel, load_base, native_resolution
 
 VALIDATION_SEED_OFFSET = 1_000_003  # keeps validation noise apart from training noise
 
@@ -43,18 +43,18 @@ class StableDiffusionModule(TrainingModule):
     @property
     def resolution(self) -> int:
         cfg = self.cfg
-        return cfg.train.resolution or cfg.model.resolution or self.base.native_resolution
+        model_ref = cfg.model.path or cfg.model.name
+        return cfg.train.resolution or cfg.model.resolution or native_resolution(model_ref, cfg.model.family)
 
     def load_data(self) -> None:
         """Scan and validate the data folder(s); fails before any model is loaded."""
         d, t = self.cfg.data, self.cfg.train
-        resolution = t.resolution or self.cfg.model.resolution or _native_resolution(self.cfg)
         if not d.dir:
             from sdexp.errors import ConfigError
 
             raise ConfigError("data.dir: no data folder given; pass data.dir=DIR (a folder of images)")
         common = dict(
-            resolution=resolution,
+            resolution=self.resolution,
             default_prompt=d.prompt,
             caption_extension=d.caption_extension,
             skip_bad=d.skip_bad,
@@ -251,13 +251,3 @@ def _spread(n: int, k: int) -> list[int]:
     if k >= n:
         return list(range(n))
     return sorted({math.floor(i * n / k) for i in range(k)})
-
-
-def _native_resolution(cfg: RunConfig) -> int:
-    if (cfg.model.path is None) and cfg.model.name == "tiny":
-        from sdexp.models.tiny import TINY_RESOLUTION
-
-        return TINY_RESOLUTION
-    from sdexp.models.family import get_family
-
-    return get_family(cfg.model.family).resolution

@@ -87,6 +87,15 @@ def resolve_model_dir(name_or_path: str | Path | None, *, key: str = "model.path
     return path
 
 
+def native_resolution(name_or_path: str | Path, family: str = "sd1") -> int:
+    """The resolution a base was trained at, known without loading it (tiny: 64, SD 1.x: 512)."""
+    if str(name_or_path) == "tiny":
+        from sdexp.models.tiny import TINY_RESOLUTION
+
+        return TINY_RESOLUTION
+    return get_family(family).resolution
+
+
 def detect_variant(model_dir: Path, component: str = "unet") -> str | None:
     """'fp16' when a folder holds only `*.fp16.*` weights (as some SD 1.5 downloads do)."""
     files = [p.name for p in (model_dir / component).glob("diffusion_pytorch_model*")]
@@ -141,11 +150,6 @@ def load_base(
     for module in (unet, vae, text_encoder):
         module.requires_grad_(False)
         module.eval()
-    resolution = fam.resolution
-    if str(name_or_path) == "tiny":
-        from sdexp.models.tiny import TINY_RESOLUTION
-
-        resolution = TINY_RESOLUTION
     return BaseModel(
         name=str(name_or_path) if str(name_or_path) in BUILTIN_MODELS else model_dir.name,
         path=model_dir,
@@ -155,5 +159,5 @@ def load_base(
         text_encoder=text_encoder,
         tokenizer=tokenizer,
         noise_scheduler=noise_scheduler,
-        native_resolution=resolution,
+        native_resolution=native_resolution(name_or_path, family),
     )
