@@ -2,6 +2,7 @@
 
 To add a subcommand, write ``@subcommand("name", help=..., args=[arg("--flag", ...)])`` over a
 function ``(args) -> int | None`` in any module and list that module in ``COMMAND_MODULES``.
+A two-word name ("world shapes") nests under a group (``sdexp world shapes``); see ``command_group``.
 Every UserError becomes one line on stderr and exit code 2; heavy imports happen inside commands.
 """
 
@@ -18,7 +19,7 @@ from sdexp.errors import EXIT_USER_ERROR, UserError, report_and_exit
 from sdexp.quiet import quiet_environment, quiet_libraries
 
 # Modules whose import registers further subcommands (kept lazy: imported only to build the parser).
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = ("sdexp.world.cli", "sdexp.pretrain.cli")
 
 
 @dataclass
@@ -30,6 +31,7 @@ class Command:
 
 
 COMMANDS: dict[str, Command] = {}
+GROUPS: dict[str, str] = {}  # group name -> help, for two-word subcommand names
 
 
 def arg(*names, **kwargs) -> tuple[tuple, dict]:
@@ -45,6 +47,11 @@ def subcommand(name: str, *, help: str, args: list[tuple[tuple, dict]] | None = 
         return fn
 
     return register
+
+
+def command_group(name: str, *, help: str) -> None:
+    """Give the group of two-word subcommands ``NAME ...`` its help line."""
+    GROUPS[name] = help
 
 
 class _Parser(argparse.ArgumentParser):
@@ -203,11 +210,17 @@ def build_parser() -> argparse.ArgumentParser:
         importlib.import_module(module)
     parser = _Parser(prog="sdexp", description="Stable Diffusion fine-tuning experiments.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    groups: dict[str, argparse._SubParsersAction] = {}
     for command in COMMANDS.values():
-        p = sub.add_parser(command.name, help=command.help, description=command.help)
+        group, _, leaf = command.name.rpartition(" ")
+        if group and group not in groups:
+            g = sub.add_parser(group, help=GROUPS.get(group), description=GROUPS.get(group))
+            g.set_defaults(_group=g)
+            groups[group] = g.add_subparsers(dest="subcommand", metavar="SUBCOMMAND")
+        p = (groups[group] if group else sub).add_parser(leaf, help=command.help, description=command.help)
         for names, kwargs in command.args:
             p.add_argument(*names, **kwargs)
-        p.set_defaults(_run=command.run)
+        p.set_defaults(_run=command.run, _name=command.name)
     return parser
 
 
@@ -216,13 +229,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "_run", None):
-        parser.print_help(sys.stderr)
+        (getattr(args, "_group", None) or parser).print_help(sys.stderr)
         return EXIT_USER_ERROR
     quiet_environment()
     try:
         return int(args._run(args) or 0)
     except UserError as err:
-        report_and_exit(err, prefix=f"sdexp {args.command}: error")
+        report_and_exit(err, prefix=f"sdexp {args._name}: error")
     except KeyboardInterrupt:
         print("sdexp: interrupted", file=sys.stderr)
         return 130
@@ -230,4 +243,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m sdexp.cli`: run the importable module, whose COMMANDS the COMMAND_MODULES register into
+    from sdexp.cli import main as registered_main
+
+    sys.exit(registered_main())

@@ -17,6 +17,8 @@ from omegaconf.errors import OmegaConfBaseException
 from sdexp.errors import ConfigError
 from sdexp.samplers import SAMPLERS
 
+BUILTIN_MODELS = ("tiny", "tiny_shapes")  # names that need no model.path (sdexp.models.loading)
+
 LORA_TARGETS = ("attn", "transformer", "all")
 SCHEDULERS = (
     "constant",
@@ -40,7 +42,7 @@ MONITOR_MODES = ("min", "max")
 class ModelConfig:
     """Which base model to fine-tune and how its frozen weights are held."""
 
-    name: str = "tiny"  # "tiny" (built-in), "sd15" (needs path), or any name when path is set
+    name: str = "tiny"  # built-in "tiny" or "tiny_shapes"; "sd15" (needs path); any name when path is set
     family: str = "sd1"
     path: str | None = None  # a diffusers-format folder
     variant: str | None = None  # e.g. "fp16"; null = detect from the files present
@@ -128,6 +130,7 @@ class TrainConfig:
     sample_seed: int = 0
     sample_scheduler: str = "dpmpp_2m"
     log_every: int = 1
+    max_minutes: float = 0.0  # wall-clock budget for the training loop; 0 = none (steps still bound it)
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
 
 
@@ -234,7 +237,7 @@ def validate(cfg: RunConfig) -> None:
     if m.prediction_type is not None:
         _choice("model.prediction_type", m.prediction_type, PREDICTION_TYPES)
     _positive("model.resolution", m.resolution, optional=True)
-    if m.name != "tiny" and not m.path:
+    if m.name not in BUILTIN_MODELS and not m.path:
         raise ConfigError(
             f"model.path: model={m.name} needs model.path=DIR (a diffusers-format Stable Diffusion folder)"
         )
@@ -252,36 +255,42 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"data.caption_extension: must start with '.' (got {d.caption_extension!r})")
     _positive("data.val_images", d.val_images, allow_zero=True)
     _positive("data.num_workers", d.num_workers, allow_zero=True)
-    _positive("train.steps", t.steps)
-    _positive("train.batch_size", t.batch_size)
-    _positive("train.gradient_accumulation", t.gradient_accumulation)
-    _positive("train.lr", t.lr)
-    _choice("train.scheduler", t.scheduler, SCHEDULERS)
-    _positive("train.warmup_steps", t.warmup_steps, allow_zero=True)
-    if t.warmup_steps >= t.steps and t.warmup_steps > 0:
-        raise ConfigError(f"train.warmup_steps: {t.warmup_steps} must be below train.steps ({t.steps})")
-    _positive("train.num_cycles", t.num_cycles)
-    _positive("train.power", t.power)
-    _positive("train.weight_decay", t.weight_decay, allow_zero=True)
-    _positive("train.max_grad_norm", t.max_grad_norm, optional=True)
-    _choice("train.mixed_precision", t.mixed_precision, MIXED_PRECISION)
-    _choice("train.device", t.device, DEVICES)
-    _positive("train.resolution", t.resolution, optional=True)
+    validate_train(t)
     resolution = t.resolution or m.resolution
     if resolution is not None and resolution % 8:
         raise ConfigError(f"train.resolution: must be a multiple of 8 (got {resolution})")
-    _positive("train.min_snr_gamma", t.min_snr_gamma, optional=True)
-    _positive("train.noise_offset", t.noise_offset, allow_zero=True)
-    for key in ("checkpoint_every", "val_every", "sample_every"):
-        _positive(f"train.{key}", getattr(t, key), allow_zero=True)
-    _positive("train.val_timesteps", t.val_timesteps)
-    _positive("train.sample_steps", t.sample_steps)
-    _positive("train.log_every", t.log_every)
-    _choice("train.sample_scheduler", t.sample_scheduler, tuple(SAMPLERS))
-    _choice("train.early_stopping.mode", t.early_stopping.mode, MONITOR_MODES)
-    _positive("train.early_stopping.patience", t.early_stopping.patience, allow_zero=True)
     _choice("logger.name", lg.name, LOGGERS)
     _choice("logger.mode", lg.mode, WANDB_MODES)
+
+
+def validate_train(t: TrainConfig, prefix: str = "train") -> None:
+    """Check a loop section (a run's ``train`` or a pretrain stage); keys are named ``prefix.key``."""
+    _positive(f"{prefix}.steps", t.steps)
+    _positive(f"{prefix}.batch_size", t.batch_size)
+    _positive(f"{prefix}.gradient_accumulation", t.gradient_accumulation)
+    _positive(f"{prefix}.lr", t.lr)
+    _choice(f"{prefix}.scheduler", t.scheduler, SCHEDULERS)
+    _positive(f"{prefix}.warmup_steps", t.warmup_steps, allow_zero=True)
+    if t.warmup_steps >= t.steps and t.warmup_steps > 0:
+        raise ConfigError(f"{prefix}.warmup_steps: {t.warmup_steps} must be below {prefix}.steps ({t.steps})")
+    _positive(f"{prefix}.num_cycles", t.num_cycles)
+    _positive(f"{prefix}.power", t.power)
+    _positive(f"{prefix}.weight_decay", t.weight_decay, allow_zero=True)
+    _positive(f"{prefix}.max_grad_norm", t.max_grad_norm, optional=True)
+    _choice(f"{prefix}.mixed_precision", t.mixed_precision, MIXED_PRECISION)
+    _choice(f"{prefix}.device", t.device, DEVICES)
+    _positive(f"{prefix}.resolution", t.resolution, optional=True)
+    _positive(f"{prefix}.min_snr_gamma", t.min_snr_gamma, optional=True)
+    _positive(f"{prefix}.noise_offset", t.noise_offset, allow_zero=True)
+    for key in ("checkpoint_every", "val_every", "sample_every"):
+        _positive(f"{prefix}.{key}", getattr(t, key), allow_zero=True)
+    _positive(f"{prefix}.val_timesteps", t.val_timesteps)
+    _positive(f"{prefix}.sample_steps", t.sample_steps)
+    _positive(f"{prefix}.log_every", t.log_every)
+    _positive(f"{prefix}.max_minutes", t.max_minutes, allow_zero=True)
+    _choice(f"{prefix}.sample_scheduler", t.sample_scheduler, tuple(SAMPLERS))
+    _choice(f"{prefix}.early_stopping.mode", t.early_stopping.mode, MONITOR_MODES)
+    _positive(f"{prefix}.early_stopping.patience", t.early_stopping.patience, allow_zero=True)
 
 
 def as_plain_dict(cfg: RunConfig) -> dict:

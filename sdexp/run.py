@@ -35,15 +35,15 @@ def save_config(cfg: RunConfig, run_dir: Path) -> Path:
     return atomic_write_bytes(run_dir / "config.yaml", text.encode("utf-8"))
 
 
-def _build_logger(cfg: RunConfig, run_dir: Path, notify):
+def _build_logger(logger_cfg, config: dict, run_dir: Path, notify):
     from sdexp.tracking.base import MultiLogger
     from sdexp.tracking.run_folder import RunFolderLogger
 
     loggers = [RunFolderLogger(run_dir)]
-    if cfg.logger.name == "wandb":
+    if logger_cfg.name == "wandb":
         from sdexp.tracking.wandb_logger import WandbLogger
 
-        lg = cfg.logger
+        lg = logger_cfg
         loggers.append(
             WandbLogger(
                 run_dir=run_dir,
@@ -52,7 +52,7 @@ def _build_logger(cfg: RunConfig, run_dir: Path, notify):
                 group=lg.group,
                 name=lg.run_name or run_dir.name,
                 tags=list(lg.tags),
-                config=as_plain_dict(cfg),
+                config=config,
                 mode=lg.mode,
                 notify=notify,
             )
@@ -62,10 +62,8 @@ def _build_logger(cfg: RunConfig, run_dir: Path, notify):
 
 def train_run(cfg: RunConfig, run_dir: str | Path, *, notify=print) -> RunResult:
     """Train one run into ``run_dir`` and return where things went."""
-    from sdexp.callbacks import EarlyStopping, MetricsLogging, ProgressBar, SampleImages
     from sdexp.methods import build_module
     from sdexp.models.loading import resolve_model_dir
-    from sdexp.tracking.run_folder import collect_versions, write_run_json
     from sdexp.trainer import Trainer
 
     quiet_libraries()
@@ -84,22 +82,61 @@ def train_run(cfg: RunConfig, run_dir: str | Path, *, notify=print) -> RunResult
         raise ConfigError(
             "train.early_stopping.patience: early stopping needs validation; set data.val_images > 0"
         )
-    trainer = Trainer.from_config(t, run_dir)
+    trainer = Trainer.from_config(t, run_dir)  # checks the device before the folder exists
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir)
+    return fit_and_record(
+        trainer,
+        module,
+        t,
+        cfg.logger,
+        run_dir,
+        config=as_plain_dict(cfg),
+        images=len(module.train_dataset),
+        notify=notify,
+        started=started,
+    )
+
+
+def fit_and_record(
+    trainer,
+    module,
+    t,
+    logger_cfg,
+    run_dir: Path,
+    *,
+    config: dict,
+    images: int,
+    notify=print,
+    started: float | None = None,
+) -> RunResult:
+    """Fit ``module`` with ``trainer`` (built from train config ``t``) into ``run_dir``.
+
+    Adds the loggers and the callbacks ``t`` asks for, and records run.json as it goes.
+
+    Fine-tuning runs and each stage of ``sdexp pretrain`` go through here, so every run folder
+    has the same files and every loop the same callbacks.
+    """
+    from sdexp.callbacks import EarlyStopping, MetricsLogging, ProgressBar, SampleImages, TimeLimit
+    from sdexp.tracking.run_folder import collect_versions, write_run_json
+
+    started = time.time() if started is None else started
+    run_dir.mkdir(parents=True, exist_ok=True)
     write_run_json(
         run_dir,
         status="running",
         seed=t.seed,
         versions=collect_versions(),
         started_at=time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
-        images=len(module.train_dataset),
+        images=images,
     )
-    logger, wandb_logger = _build_logger(cfg, run_dir, notify)
+    logger, wandb_logger = _build_logger(logger_cfg, config, run_dir, notify)
     trainer.callbacks += [
         MetricsLogging(logger, t.log_every, t.batch_size * t.gradient_accumulation),
         ProgressBar(),
     ]
+    if t.max_minutes:
+        trainer.callbacks.append(TimeLimit(t.max_minutes))
     if t.early_stopping.patience:
         es = t.early_stopping
         trainer.callbacks.append(EarlyStopping(es.monitor, es.mode, es.patience, es.min_delta))

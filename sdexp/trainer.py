@@ -145,6 +145,7 @@ class Trainer:
                     continue
                 lr_scheduler.step()
                 state.step += 1
+                module.on_train_batch_end(state.step)
                 logs = {"train/loss": loss_sum / micro, "train/epoch": state.epoch, **out.logs}
                 if grad_norm is not None:
                     logs["train/grad_norm"] = float(grad_norm)
@@ -182,6 +183,7 @@ class Trainer:
         modules = self.module.trainable_modules()
         for m in modules:
             m.eval()
+        self.module.on_validation_start()
         with torch.random.fork_rng(devices=[] if self.device.type == "cpu" else [self.device]):
             totals: dict[str, float] = {}
             count = 0.0
@@ -192,6 +194,7 @@ class Trainer:
                     count += n
                     for key, value in out.items():
                         totals[key] = totals.get(key, 0.0) + float(value) * n
+        self.module.on_validation_end()
         for m in modules:
             m.train()
         metrics = {f"val/{k}": v / count for k, v in totals.items()}

@@ -59,6 +59,15 @@ class TrainingModule:
     def training_step(self, batch: dict, step: int) -> StepOutput:
         raise NotImplementedError
 
+    def on_train_batch_end(self, step: int) -> None:
+        """After each optimizer step (``step`` is the new count): EMA updates and the like."""
+
+    def on_validation_start(self) -> None:
+        """Before a validation pass (e.g. swap in EMA weights)."""
+
+    def on_validation_end(self) -> None:
+        """After a validation pass (undo what ``on_validation_start`` did)."""
+
     def validation_step(self, batch: dict, batch_idx: int) -> dict[str, torch.Tensor]:
         """Per-batch values; the trainer averages them (weighted by ``n``) into ``val/<key>``."""
         return {}

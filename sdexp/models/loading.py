@@ -13,11 +13,13 @@ from typing import Any
 
 import torch
 
+from sdexp.config import BUILTIN_MODELS
 from sdexp.errors import UserError
 from sdexp.models.family import ModelFamily, get_family
 
 REQUIRED_COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
-BUILTIN_MODELS = ("tiny",)
+# tiny_shapes is trained by `sdexp pretrain` (tools/tiny_shapes_recipe.sh) and ships in the package.
+BUILTIN_DIR = Path(__file__).resolve().parent / "builtin"
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -63,6 +65,8 @@ def resolve_model_dir(name_or_path: str | Path | None, *, key: str = "model.path
         from sdexp.models.tiny import ensure_tiny
 
         return ensure_tiny()
+    if str(name_or_path) in BUILTIN_MODELS:
+        return BUILTIN_DIR / str(name_or_path)
     path = Path(name_or_path).expanduser()
     if not path.exists():
         raise UserError(
@@ -88,12 +92,19 @@ def resolve_model_dir(name_or_path: str | Path | None, *, key: str = "model.path
 
 
 def native_resolution(name_or_path: str | Path, family: str = "sd1") -> int:
-    """The resolution a base was trained at, known without loading it (tiny: 64, SD 1.x: 512)."""
+    """The resolution a base was trained at, from its configs without loading weights:
+    the UNet's sample size times the VAE's downsampling (tiny: 64, tiny_shapes: 64, SD 1.5: 512)."""
     if str(name_or_path) == "tiny":
         from sdexp.models.tiny import TINY_RESOLUTION
 
         return TINY_RESOLUTION
-    return get_family(family).resolution
+    try:
+        folder = resolve_model_dir(name_or_path)
+        unet = json.loads((folder / "unet" / "config.json").read_text())
+        vae = json.loads((folder / "vae" / "config.json").read_text())
+        return int(unet["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
+    except (UserError, OSError, KeyError, TypeError, ValueError):
+        return get_family(family).resolution
 
 
 def detect_variant(model_dir: Path, component: str = "unet") -> str | None:

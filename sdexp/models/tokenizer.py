@@ -26,11 +26,13 @@ bottom center sks ohwx zwx token style art detailed high quality sharp blurry li
 """.split()
 
 
-def _corpus() -> list[str]:
+def _corpus(texts: list[str] | None = None) -> list[str]:
+    """The default fine-tuning words, or ``texts``; plus every printable character alone."""
     chars = [c for c in string.printable if c.strip()]
-    words = list(_CORPUS_WORDS) * 20
+    words = list(_CORPUS_WORDS) * 20 if texts is None else []
     words += [c.lower() for c in chars] + [c.lower() * 2 for c in chars]
-    return [" ".join(words[i : i + 12]) for i in range(0, len(words), 12)]
+    lines = [" ".join(words[i : i + 12]) for i in range(0, len(words), 12)]
+    return lines + list(texts or [])
 
 
 def learn_bpe(words: list[str], vocab_size: int) -> tuple[list[str], list[tuple[str, str]]]:
@@ -68,11 +70,12 @@ def learn_bpe(words: list[str], vocab_size: int) -> tuple[list[str], list[tuple[
     return alphabet, merges
 
 
-def train_clip_tokenizer(out_dir: str | Path, vocab_size: int = 1000) -> Path:
-    """Learn the BPE and write vocab.json, merges.txt and the tokenizer configs."""
+def train_clip_tokenizer(out_dir: str | Path, vocab_size: int = 1000, texts: list[str] | None = None) -> Path:
+    """Learn the BPE (on ``texts``, e.g. a dataset's captions, or built-in words) and write
+    vocab.json, merges.txt and the tokenizer configs."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    words = [w.lower() for line in _corpus() for w in re.findall(r"[a-z]+|[0-9]|[^\sa-z0-9]+", line.lower())]
+    words = [w for line in _corpus(texts) for w in re.findall(r"[a-z]+|[0-9]|[^\sa-z0-9]+", line.lower())]
     alphabet, merges = learn_bpe(words, vocab_size)
     tokens = alphabet + [a + b for a, b in merges]
     vocab_json = {}

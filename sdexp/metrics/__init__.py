@@ -1,0 +1,1 @@
+"""Scoring generated images: CLIP models behind one interface (more metrics build on it)."""

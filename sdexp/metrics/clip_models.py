@@ -1,0 +1,131 @@
+"""CLIP models behind one small interface, so every metric works with any of them.
+
+``load_clip(spec)`` gives a ``ClipModel``: ``encode_images`` and ``encode_texts`` return
+L2-normalised embeddings, ``score`` is torchmetrics' CLIP-score convention (100 × max(cos, 0)).
+Specs: ``tiny_shapes`` (the built-in judge), or a folder holding a sdexp model with ``clip/``
+(e.g. a `sdexp pretrain` result), or a transformers CLIP folder. open_clip models join here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from sdexp.errors import UserError
+
+
+@dataclass
+class ClipModel:
+    """A transformers CLIPModel with its tokenizer and image preparation."""
+
+    name: str
+    model: object
+    tokenizer: object
+    image_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    device: torch.device
+
+    def _pixels(self, images) -> torch.Tensor:
+        import numpy as np
+        from PIL import Image
+
+        size = self.image_size
+        arrays = []
+        for img in images:
+            img = img.convert("RGB")
+            if img.size != (size, size):
+                w, h = img.size
+                s = min(w, h)
+                img = img.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
+                img = img.resize((size, size), Image.Resampling.BICUBIC)
+            arrays.append(np.asarray(img, dtype=np.float32) / 255.0)
+        x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
+        mean = torch.tensor(self.mean).view(1, 3, 1, 1)
+        std = torch.tensor(self.std).view(1, 3, 1, 1)
+        return ((x - mean) / std).to(self.device)
+
+    @torch.no_grad()
+    def encode_images(self, images, batch_size: int = 256) -> torch.Tensor:
+        out = []
+        for i in range(0, len(images), batch_size):
+            feats = self.model.get_image_features(pixel_values=self._pixels(images[i : i + batch_size]))
+            out.append(_features(feats))
+        return torch.nn.functional.normalize(torch.cat(out).float(), dim=-1)
+
+    @torch.no_grad()
+    def encode_texts(self, texts: list[str], batch_size: int = 512) -> torch.Tensor:
+        out = []
+        tok = self.tokenizer
+        for i in range(0, len(texts), batch_size):
+            ids = tok(
+                list(texts[i : i + batch_size]),
+                padding="max_length",
+                max_length=tok.model_max_length,
+                truncation=True,
+                return_tensors="pt",
+            ).input_ids.to(self.device)
+            out.append(_features(self.model.get_text_features(input_ids=ids)))
+        return torch.nn.functional.normalize(torch.cat(out).float(), dim=-1)
+
+    def score(self, images, texts: list[str]) -> torch.Tensor:
+        """Per-pair CLIP score, 100 × max(cos, 0) (torchmetrics' convention)."""
+        cos = (self.encode_images(images) * self.encode_texts(texts)).sum(dim=-1)
+        return 100.0 * cos.clamp_min(0)
+
+
+def _features(out) -> torch.Tensor:
+    """transformers 5 may return a model output rather than a tensor from get_*_features."""
+    if isinstance(out, torch.Tensor):
+        return out
+    for name in ("pooler_output", "image_embeds", "text_embeds"):
+        value = getattr(out, name, None)
+        if isinstance(value, torch.Tensor):
+            return value
+    raise TypeError(f"unexpected CLIP features output {type(out).__name__}")
+
+
+def _load_sdexp_clip(model_dir: Path, device) -> ClipModel:
+    """A model folder's clip/ (vision tower + projections) joined with its text_encoder/."""
+    import json
+
+    from safetensors.torch import load_file
+    from transformers import CLIPConfig, CLIPModel, CLIPTextModel, CLIPTokenizer
+
+    from sdexp.pretrain.assemble import text_tower
+
+    clip_dir = model_dir / "clip"
+    config = CLIPConfig.from_pretrained(clip_dir)
+    model = CLIPModel(config)
+    missing, unexpected = model.load_state_dict(load_file(clip_dir / "model.safetensors"), strict=False)
+    if unexpected or any(not k.startswith("text_model.") for k in missing):
+        raise UserError(f"{clip_dir}: weights do not match its config.json; the model folder is damaged")
+    text_encoder = CLIPTextModel.from_pretrained(model_dir / "text_encoder", dtype=torch.float32)
+    model.text_model.load_state_dict(text_tower(text_encoder).state_dict())
+    prep = json.loads((clip_dir / "preprocessor_config.json").read_text())
+    return ClipModel(
+        name=model_dir.name,
+        model=model.float().eval().to(device),
+        tokenizer=CLIPTokenizer.from_pretrained(model_dir / "tokenizer"),
+        image_size=config.vision_config.image_size,
+        mean=tuple(prep["image_mean"]),
+        std=tuple(prep["image_std"]),
+        device=torch.device(device),
+    )
+
+
+def load_clip(spec: str | Path, device: str | torch.device = "cpu") -> ClipModel:
+    """A CLIP by spec: ``tiny_shapes`` or a sdexp model folder with clip/."""
+    from sdexp.models.loading import resolve_model_dir
+
+    if str(spec) == "tiny_shapes" or (Path(spec).expanduser() / "clip" / "config.json").exists():
+        model_dir = resolve_model_dir(spec, key="clip model")
+        if not (model_dir / "clip" / "config.json").exists():
+            raise UserError(f"clip model: {model_dir} has no clip/ folder")
+        return _load_sdexp_clip(model_dir, device)
+    raise UserError(
+        f"clip model: {spec!r} is not a known CLIP; use tiny_shapes or a model folder with a clip/ subfolder "
+        "(as `sdexp pretrain` writes)"
+    )

@@ -1,0 +1,1 @@
+"""Procedural image worlds: cheap, exactly-captioned training and test data."""
