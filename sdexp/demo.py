@@ -1,13 +1,15 @@
-"""`make demo`: a short LoRA run on the built-in `tiny` model over a small image set it draws itself.
+"""`make demo`: teach the built-in `tiny_shapes` model a new concept with LoRA, and measure it.
 
-It goes through the same doors a person uses (run.py with Hydra overrides, `sdexp generate`,
-`sdexp inspect`) and prints where everything went.
+The concept is a red-and-white striped star ("sks star"), which the base has never seen (every
+shape it knows is one solid colour). The demo goes through the doors a person uses (run.py with
+Hydra overrides, `sdexp generate`, `sdexp inspect`), then scores the base and the LoRA on the same
+prompts and seeds: concept similarity (CLIP-I to the instance images, by the tiny_shapes CLIP)
+and accuracy on ordinary prompts (what the fine-tune may have broken), with before/after grids.
 """
 
 from __future__ import annotations
 
 import os
-import random
 import shutil
 import subprocess
 import sys
@@ -15,29 +17,15 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-PROMPT = "a photo of sks toy"
-
-
-def write_demo_images(out_dir: Path, n: int = 8, seed: int = 0) -> Path:
-    """A red square with a yellow disc (the 'sks toy') on varied backgrounds, some with captions."""
-    from PIL import Image, ImageDraw
-
-    rng = random.Random(seed)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for i in range(n):
-        bg = tuple(rng.randrange(40, 220) for _ in range(3))
-        img = Image.new("RGB", (96, 80), bg)
-        draw = ImageDraw.Draw(img)
-        size = rng.randrange(30, 50)
-        x, y = rng.randrange(5, 96 - size - 5), rng.randrange(5, 80 - size - 5)
-        draw.rectangle([x, y, x + size, y + size], fill=(210, 30, 30))
-        r = size // 4
-        cx, cy = x + size // 2, y + size // 2
-        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=(250, 220, 40))
-        img.save(out_dir / f"toy-{i:02d}.png")
-        if i % 2:
-            (out_dir / f"toy-{i:02d}.txt").write_text(f"{PROMPT} on a plain background\n")
-    return out_dir
+# One setting of the learning-rate scan in bench/concept_lr_scan.py (docs/tiny_shapes.md).
+RECIPE = [
+    "method.rank=8",
+    "method.targets=all",
+    "train.lr=1e-3",
+    "train.batch_size=4",
+    "train.scheduler=constant",
+]
+SAMPLE_PROMPTS = '["a sks star on a blue background","a green square on a yellow background"]'
 
 
 def _run(cmd: list[str]) -> None:
@@ -45,34 +33,39 @@ def _run(cmd: list[str]) -> None:
     subprocess.run(cmd, check=True, cwd=REPO)
 
 
+def _accuracy(acc: dict) -> str:
+    return f"colour {acc['colour']:.0%}  shape {acc['shape']:.0%}  background {acc['background']:.0%}"
+
+
 def main(argv: list[str] | None = None) -> int:
+    from sdexp.callbacks.samples import make_grid
+    from sdexp.metrics.clip_models import load_clip
+    from sdexp.quiet import quiet_libraries
+    from sdexp.world.concept_eval import evaluate_concept
+    from sdexp.world.shapes import write_concept
+
+    quiet_libraries()
     argv = sys.argv[1:] if argv is None else argv
     out = Path(argv[0] if argv else "demo-out").resolve()
-    steps = argv[1] if len(argv) > 1 else "60"
+    steps = argv[1] if len(argv) > 1 else "150"
     started = time.time()
-    for previous in ("run", "generated"):  # the demo's own outputs from an earlier demo
+    for previous in ("data", "run", "generated", "grids"):  # the demo's own outputs from an earlier demo
         shutil.rmtree(out / previous, ignore_errors=True)
-    data = write_demo_images(out / "data")
+    data = write_concept(out / "data", n=16, seed=0, concept="striped_star", token="sks")
+    print(f"concept images: {data} (16 striped stars, captioned 'a sks star on a <colour> background')")
     run_dir = out / "run"
     py = sys.executable
     _run(
         [
             py,
             "run.py",
-            "model=tiny",
+            "model=tiny_shapes",
             f"data.dir={data}",
-            f"data.prompt={PROMPT}",
-            "data.flip=true",
-            "method.rank=8",
-            "method.targets=all",
-            "train.lr=1e-3",
+            *RECIPE,
             f"train.steps={steps}",
-            "train.scheduler=cosine",
-            "train.warmup_steps=5",
-            "train.checkpoint_every=20",
-            "train.sample_every=20",
-            f'train.sample_prompts=["{PROMPT}","a photo of a dog"]',
-            "train.sample_steps=10",
+            f"train.checkpoint_every={int(steps) // 2}",
+            f"train.sample_every={int(steps) // 2}",
+            f"train.sample_prompts={SAMPLE_PROMPTS}",
             "logger=wandb",
             "logger.group=demo",
             f"hydra.run.dir={run_dir}",
@@ -81,43 +74,38 @@ def main(argv: list[str] | None = None) -> int:
     lora = run_dir / "checkpoints" / "final" / "lora.safetensors"
     gen_dir = out / "generated"
     _run(
-        [
-            py,
-            "-m",
-            "sdexp.cli",
-            "generate",
-            "--model",
-            "tiny",
-            "--lora",
-            str(lora),
-            "--prompt",
-            PROMPT,
-            "--steps",
-            "10",
-            "--seed",
-            "1",
-            "-n",
-            "2",
-            "--width",
-            "64",
-            "--height",
-            "64",
-            "--out",
-            str(gen_dir),
-        ]
-    )
+        [py, "-m", "sdexp.cli", "generate", "--model", "tiny_shapes", "--lora", str(lora), "--prompt",
+         "a sks star on a purple background", "--seed", "1", "-n", "2", "--out", str(gen_dir)]
+    )  # fmt: skip
     _run([py, "-m", "sdexp.cli", "inspect", str(lora)])
+
+    print("\nscoring the base and the LoRA on the same prompts and seeds ...", flush=True)
+    judge = load_clip("tiny_shapes")
+    before = evaluate_concept("tiny_shapes", data, judge=judge)
+    after = evaluate_concept("tiny_shapes", data, lora=lora, judge=judge)
+    grids = out / "grids"
+    grids.mkdir(parents=True, exist_ok=True)
+    for name, result in (("before", before), ("after", after)):
+        make_grid(result["concept_images"], columns=8).save(grids / f"{name}-concept.png")
+        make_grid(result["ordinary_images"][:16], columns=8).save(grids / f"{name}-ordinary.png")
+    gain = after["concept_similarity"] - before["concept_similarity"]
+    print()
+    print(f"concept similarity (CLIP-I to the instance images): {before['concept_similarity']:.3f} → "
+          f"{after['concept_similarity']:.3f} ({gain:+.3f})")  # fmt: skip
+    print(f"ordinary prompts ({before['prompt_accuracy']['prompts']}, judged by the tiny_shapes CLIP):")
+    print(f"  before: {_accuracy(before['prompt_accuracy'])}")
+    print(f"  after:  {_accuracy(after['prompt_accuracy'])}")
     print()
     print(f"demo finished in {time.time() - started:.0f}s")
-    print(f"  images (input, untouched):   {data}")
+    print(f"  concept images (input, untouched): {data}")
     print(f"  run folder:                  {run_dir}")
     print(f"    composed config:           {run_dir / 'config.yaml'}")
     print(f"    metrics:                   {run_dir / 'metrics.jsonl'}")
-    print(f"    run summary:               {run_dir / 'run.json'}")
     print(f"    kohya LoRA (ComfyUI/A1111): {lora}")
     print(f"    diffusers LoRA:            {lora.parent / 'diffusers' / 'pytorch_lora_weights.safetensors'}")
-    print(f"    sample grids:              {run_dir / 'samples'}")
+    print(f"    samples during training:   {run_dir / 'samples'}")
     print(f"    W&B offline run:           {run_dir / 'wandb'}  (upload with `wandb sync`)")
+    print(f"  before/after grids:          {grids}")
     print(f"  generated images:            {gen_dir}")
     return 0
 

@@ -17,7 +17,7 @@ os.environ.setdefault("WANDB_MODE", "offline")
 
 @pytest.fixture()
 def toy_images(tmp_path) -> Path:
-    from sdexp.demo import write_demo_images
+    from toy_images import write_demo_images
 
     return write_demo_images(tmp_path / "images", n=6)
 

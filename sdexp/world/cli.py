@@ -67,7 +67,12 @@ def cmd_world_concept(args: argparse.Namespace) -> int:
     help="judge a model on the shapes world: its CLIP's zero-shot accuracy and its prompt accuracy",
     args=[
         arg("model", metavar="MODEL", help="tiny_shapes or a model folder (e.g. a `sdexp pretrain` model/)"),
-        arg("--heldout", type=Path, default=None, help="a heldout-split world folder for the CLIP's zero-shot accuracy"),
+        arg(
+            "--heldout",
+            type=Path,
+            default=None,
+            help="a heldout-split world folder for the CLIP's zero-shot accuracy",
+        ),
         arg("--clip", default=None, help="the judge (default: MODEL's own clip/)"),
         arg("--prompts", type=int, default=200, help="held-out prompts to generate (default 200; 0 = none)"),
         arg("--guidance", type=float, nargs="+", default=[5.0], help="guidance scale(s) to generate at"),
@@ -103,7 +108,13 @@ def cmd_world_eval(args: argparse.Namespace) -> int:
         for guidance in args.guidance:
             start = time.perf_counter()
             acc, images = prompt_accuracy(
-                pipe, clip, triples, seed=args.seed, steps=args.steps, guidance=guidance, size=base.native_resolution
+                pipe,
+                clip,
+                triples,
+                seed=args.seed,
+                steps=args.steps,
+                guidance=guidance,
+                size=base.native_resolution,
             )
             acc["seconds"] = round(time.perf_counter() - start, 1)
             results[f"prompt_accuracy@{guidance:g}"] = acc

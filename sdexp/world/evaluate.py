@@ -82,21 +82,34 @@ def heldout_prompts(n: int, seed: int = 0) -> list[tuple[str, str, str]]:
 
 
 @torch.no_grad()
-def generate(pipe, prompts: list[str], *, seed: int, steps: int, guidance: float, size: int, batch: int = 100):
+def generate(
+    pipe, prompts: list[str], *, seed: int, steps: int, guidance: float, size: int, batch: int = 100
+):
     """One image per prompt, image i from seed ``seed + i`` (batching does not change them)."""
     images = []
     device = pipe.device
     for i in range(0, len(prompts), batch):
         chunk = prompts[i : i + batch]
         generators = [torch.Generator(device=device).manual_seed(seed + i + k) for k in range(len(chunk))]
-        out = pipe(chunk, num_inference_steps=steps, guidance_scale=guidance, height=size, width=size, generator=generators)
+        out = pipe(
+            chunk,
+            num_inference_steps=steps,
+            guidance_scale=guidance,
+            height=size,
+            width=size,
+            generator=generators,
+        )
         images.extend(out.images)
     return images
 
 
-def prompt_accuracy(pipe, clip, triples, *, seed: int = 0, steps: int = 20, guidance: float = 5.0, size: int = 64) -> dict:
+def prompt_accuracy(
+    pipe, clip, triples, *, seed: int = 0, steps: int = 20, guidance: float = 5.0, size: int = 64
+) -> dict:
     """How often generations show the prompt's colour / shape / background, by the judge."""
-    images = generate(pipe, [prompt(*t) for t in triples], seed=seed, steps=steps, guidance=guidance, size=size)
+    images = generate(
+        pipe, [prompt(*t) for t in triples], seed=seed, steps=steps, guidance=guidance, size=size
+    )
     judge = ShapesJudge(clip)
     result = judge.accuracy(images, triples)
     held = [k for k, t in enumerate(triples) if (t[0], t[1]) in HELD_OUT]

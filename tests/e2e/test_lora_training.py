@@ -250,7 +250,8 @@ def test_sd15_config_trains_from_an_fp16_only_diffusers_folder(compose, toy_imag
 
 
 def test_held_out_validation_images_are_used_for_val_loss(compose, toy_images, tmp_path):
-    from sdexp.demo import write_demo_images
+    from toy_images import write_demo_images
+
     from sdexp.errors import UserError
 
     held_out = write_demo_images(tmp_path / "held-out", n=2, seed=9)
