@@ -6,7 +6,7 @@ STAMP := $(VENV)/.sdexp-installed
 # torch is pinned to the build that lies on this machine's disk (a newer one downloads several GB).
 TORCH := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: demo test lint bench clean install
+.PHONY: demo test lint bench clean install tiny-shapes
 
 install: $(STAMP)
 
@@ -23,7 +23,13 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check sdexp tests run.py bench
+	$(BIN)/ruff check sdexp tests run.py bench analysis
+
+# The recipe behind the built-in tiny_shapes model (docs/tiny_shapes.md): make tiny-shapes OUT=dir BUDGET=gpu|cpu
+OUT ?= tiny-shapes-out
+BUDGET ?= cpu
+tiny-shapes: $(STAMP)
+	PYTHON=$(BIN)/python tools/tiny_shapes_recipe.sh $(OUT) $(BUDGET)
 
 bench: $(STAMP)
 	$(BIN)/python bench/step.py
