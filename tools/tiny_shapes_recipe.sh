@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The tiny_shapes recipe, end to end: world → pretrain → judge. What `model=tiny_shapes` ships came from
 #   tools/tiny_shapes_recipe.sh OUT gpu       (one H100: ~8 minutes)
-#   tools/tiny_shapes_recipe.sh OUT cpu       (2 CPU cores: ~35 minutes; colours and backgrounds only)
+#   tools/tiny_shapes_recipe.sh OUT cpu       (2 CPU cores: ~35 minutes by its time limits; not yet run end to end)
 # then `python -m sdexp.world.ship OUT/pt/model` copies the model into the package.
 set -uo pipefail
 OUT=${1:?usage: tiny_shapes_recipe.sh OUT [gpu|cpu] [extra pretrain overrides...]}

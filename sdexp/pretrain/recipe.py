@@ -5,8 +5,9 @@ OUT/clip/, OUT/vae/, OUT/unet/   run folders (metrics.jsonl, run.json, checkpoin
 OUT/unet-base/     the pipeline the UNet stage starts from (trained CLIP text tower and VAE)
 OUT/model/         the result: a diffusers folder + clip/ (see sdexp.pretrain.assemble)
 
-A stage left out of ``stages`` reuses the finished one already in OUT, so stages can run apart
-(e.g. the UNet again with another learning rate) and an interrupted recipe resumes.
+A stage named in ``stages`` is trained anew (its old folder in OUT is replaced); a stage left out
+reuses the finished one already in OUT. So stages can run apart (e.g. the UNet again with another
+learning rate), and an interrupted recipe resumes with ``stages=[...]`` naming what is left.
 """
 
 from __future__ import annotations
@@ -136,6 +137,7 @@ class Recipe:
         t = getattr(self.cfg, stage)
         stage_dir = self.out / stage
         if stage_dir.exists():
+            self.notify(f"stage {stage}: replacing the earlier {stage_dir}")
             shutil.rmtree(stage_dir)  # a stage named in `stages` is trained anew
         logger = replace(
             self.cfg.logger,
