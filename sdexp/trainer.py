@@ -184,17 +184,19 @@ class Trainer:
         for m in modules:
             m.eval()
         self.module.on_validation_start()
-        with torch.random.fork_rng(devices=[] if self.device.type == "cpu" else [self.device]):
-            totals: dict[str, float] = {}
-            count = 0.0
-            with self.accelerator.autocast():
-                for i, batch in enumerate(batches):
-                    out = self.module.validation_step(batch, i)
-                    n = float(out.pop("n", torch.tensor(1.0)))
-                    count += n
-                    for key, value in out.items():
-                        totals[key] = totals.get(key, 0.0) + float(value) * n
-        self.module.on_validation_end()
+        totals: dict[str, float] = {}
+        count = 0.0
+        try:
+            with torch.random.fork_rng(devices=[] if self.device.type == "cpu" else [self.device]):
+                with self.accelerator.autocast():
+                    for i, batch in enumerate(batches):
+                        out = self.module.validation_step(batch, i)
+                        n = float(out.pop("n", torch.tensor(1.0)))
+                        count += n
+                        for key, value in out.items():
+                            totals[key] = totals.get(key, 0.0) + float(value) * n
+        finally:
+            self.module.on_validation_end()  # e.g. the training weights back after EMA ones
         for m in modules:
             m.train()
         metrics = {f"val/{k}": v / count for k, v in totals.items()}

@@ -131,3 +131,25 @@ def test_soft_contrastive_targets_spread_over_same_captions():
     # Treating the duplicate caption as a negative would punish the equally right column.
     one_hot_favoured = torch.tensor([[5.0, -5.0, -5.0], [-5.0, 5.0, -5.0], [-5.0, -5.0, 5.0]])
     assert soft_contrastive_loss(aligned, groups) < soft_contrastive_loss(one_hot_favoured, groups)
+
+
+def test_unet_ema_is_what_is_saved_and_does_not_touch_training(pretrained, world, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file
+
+    out, _ = pretrained
+    saved, losses = {}, {}
+    for decay in (0.0, 0.9):
+        copy = shutil.copytree(out, tmp_path / f"ema-{decay}")
+        cfg = compose_pretrain_config(
+            [*SMOKE, f"data.dir={world}", "stages=[unet]", "unet.steps=4", f"objective.ema_decay={decay}"]
+        )
+        Recipe(cfg, copy, notify=lambda *_: None).run()
+        saved[decay] = load_file(
+            copy / "unet" / "checkpoints" / "final" / "unet" / "diffusion_pytorch_model.safetensors"
+        )
+        lines = (copy / "unet" / "metrics.jsonl").read_text().splitlines()
+        losses[decay] = [json.loads(x)["train/loss"] for x in lines if "train/loss" in json.loads(x)]
+    assert losses[0.0] == losses[0.9] and len(losses[0.0]) == 4  # same training either way
+    assert any(not torch.equal(saved[0.0][k], saved[0.9][k]) for k in saved[0.0])  # EMA weights differ
