@@ -12,14 +12,9 @@ from pathlib import Path
 
 import torch
 
+from sdexp.metrics.scores import clip_i
 from sdexp.world.evaluate import generate, heldout_prompts, prompt_accuracy
 from sdexp.world.shapes import COLOURS, load_concept
-
-
-def clip_image_similarity(clip, generated, references) -> float:
-    """Mean cosine similarity over all (generated, reference) pairs."""
-    g, r = clip.encode_images(generated), clip.encode_images(references)
-    return float((g @ r.T).mean())
 
 
 def concept_prompts(manifest: dict, n: int) -> list[str]:
@@ -76,7 +71,7 @@ def evaluate_concept(
             pipe, judge, triples, seed=seed, steps=steps, guidance=guidance, size=size
         )
     return {
-        "concept_similarity": clip_image_similarity(judge, generated, references),
+        "concept_similarity": clip_i(judge, generated, references),
         "prompt_accuracy": accuracy,
         "concept_images": generated,
         "ordinary_images": ordinary,
