@@ -1,7 +1,7 @@
 """The pretraining recipe: tokenizer → CLIP → VAE → UNet → the model folder, each stage a run folder.
 
 OUT/config.yaml    the composed config          OUT/tokenizer/   BPE learned from the captions
-OUT/clip/, OUT/vae/, OUT/unet/   run folders (metrics.jsonl, run.json, checkpoints/)
+OUT/clip/, OUT/vae/, OUT/unet/   run folders (config.yaml, metrics.jsonl, run.json, checkpoints/)
 OUT/unet-base/     the pipeline the UNet stage starts from (trained CLIP text tower and VAE)
 OUT/model/         the result: a diffusers folder + clip/ (see sdexp.pretrain.assemble)
 
@@ -146,6 +146,9 @@ class Recipe:
         )
         self.notify(f"stage {stage}: up to {t.steps} steps at batch {t.batch_size} → {stage_dir}")
         trainer = Trainer.from_config(t, stage_dir)
+        stage_dir.mkdir(parents=True)
+        # The whole recipe config as this stage ran it (OUT/config.yaml is the latest invocation's).
+        shutil.copyfile(self.out / "config.yaml", stage_dir / "config.yaml")
         result = fit_and_record(
             trainer,
             module,

@@ -36,6 +36,7 @@ def test_every_stage_is_a_finished_run_folder(pretrained):
         lines = (out / stage / "metrics.jsonl").read_text().splitlines()
         assert any("val/loss" in json.loads(line) for line in lines), stage
         assert (out / stage / "checkpoints" / "final").is_dir()
+        assert "stages:" in (out / stage / "config.yaml").read_text()
     assert (out / "config.yaml").exists() and (out / "tokenizer" / "vocab.json").exists()
 
 
