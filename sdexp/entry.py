@@ -82,13 +82,13 @@ def check_config(argv: list[str]) -> None:
     except ConfigError as err:
         report_and_exit(err, prefix="sdexp: bad config")
     except MissingConfigException as err:
-        report_and_exit(ConfigError(_missing_option_message(err, config_dir)), prefix="sdexp: bad config")
+        report_and_exit(ConfigError(missing_option_message(err, config_dir)), prefix="sdexp: bad config")
     except (HydraException, OmegaConfBaseException) as err:
         cause = err.__cause__ if isinstance(err.__cause__, OmegaConfBaseException) else err
         report_and_exit(ConfigError(describe_omegaconf_error(cause)), prefix="sdexp: bad config")
 
 
-def _missing_option_message(err, config_dir: Path) -> str:
+def missing_option_message(err, config_dir: Path) -> str:
     """'model=nosuch' → which options the group has."""
     import re
 

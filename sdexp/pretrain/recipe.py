@@ -29,11 +29,11 @@ from sdexp.pretrain.config import STAGES, PretrainConfig
 def compose_pretrain_config(overrides: list[str] | tuple[str, ...] = ()) -> PretrainConfig:
     """conf/pretrain.yaml with ``overrides`` (Hydra's compose API), typed and validated."""
     from hydra import compose, initialize_config_dir
-    from hydra.errors import HydraException
+    from hydra.errors import HydraException, MissingConfigException
     from omegaconf.errors import OmegaConfBaseException
 
     from sdexp.config import describe_omegaconf_error, register_schemas
-    from sdexp.entry import CONF_DIR
+    from sdexp.entry import CONF_DIR, missing_option_message
     from sdexp.errors import ConfigError
     from sdexp.pretrain.config import register_pretrain_schema, to_pretrain_config
 
@@ -42,8 +42,11 @@ def compose_pretrain_config(overrides: list[str] | tuple[str, ...] = ()) -> Pret
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             cfg = compose(config_name="pretrain", overrides=list(overrides))
+    except MissingConfigException as err:
+        raise ConfigError(missing_option_message(err, CONF_DIR)) from None
     except (HydraException, OmegaConfBaseException) as err:
-        raise ConfigError(describe_omegaconf_error(err)) from None
+        cause = err.__cause__ if isinstance(err.__cause__, OmegaConfBaseException) else err
+        raise ConfigError(describe_omegaconf_error(cause)) from None
     return to_pretrain_config(cfg)
 
 
