@@ -3,7 +3,8 @@
 ``load_clip(spec)`` gives a ``ClipModel``: ``encode_images`` and ``encode_texts`` return
 L2-normalised embeddings, ``score`` is torchmetrics' CLIP-score convention (100 × max(cos, 0)).
 Specs: ``tiny_shapes`` (the built-in judge), or a folder holding a sdexp model with ``clip/``
-(e.g. a `sdexp pretrain` result), or a transformers CLIP folder. open_clip models join here.
+(e.g. a `sdexp pretrain` result). open_clip models (any model/pretrained tag or local weights)
+are the evaluation issue's to add behind this same interface.
 """
 
 from __future__ import annotations
