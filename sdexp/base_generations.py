@@ -94,23 +94,13 @@ class BaseGenerations:
             self._pipe = pipe.to(self.device)
         return self._pipe
 
-    @torch.no_grad()
     def _generate(self, prompts: list[str], seeds: list[int]) -> None:
         from sdexp.png_info import format_parameters, write_png
         from sdexp.samplers import a1111_name
 
-        s, pipe = self.settings, self._pipeline()
-        generators = [torch.Generator(device=self.device).manual_seed(seed) for seed in seeds]
-        out = pipe(
-            prompts,
-            negative_prompt=[s.negative_prompt] * len(prompts) if s.negative_prompt else None,
-            num_inference_steps=s.steps,
-            guidance_scale=s.guidance,
-            height=self.size,
-            width=self.size,
-            generator=generators,
-        )
-        for prompt, seed, image in zip(prompts, seeds, out.images, strict=True):
+        s = self.settings
+        images = generate_images(self._pipeline(), prompts, seeds, s, self.size)
+        for prompt, seed, image in zip(prompts, seeds, images, strict=True):
             parameters = format_parameters(
                 prompt,
                 s.negative_prompt,
@@ -125,3 +115,23 @@ class BaseGenerations:
             )
             write_png(image, self.path(prompt, seed), parameters)
             self.generated += 1
+
+
+@torch.no_grad()
+def generate_images(
+    pipe, prompts: list[str], seeds: list[int], settings: SamplingSettings, size: int
+) -> list:
+    """One image per (prompt, seed) from ``pipe`` (whose scheduler is ``settings.sampler``), each
+    from its own generator, so a checkpoint's images pair with the base's image for image."""
+    device = pipe.device
+    generators = [torch.Generator(device=device).manual_seed(seed) for seed in seeds]
+    out = pipe(
+        list(prompts),
+        negative_prompt=[settings.negative_prompt] * len(prompts) if settings.negative_prompt else None,
+        num_inference_steps=settings.steps,
+        guidance_scale=settings.guidance,
+        height=size,
+        width=size,
+        generator=generators,
+    )
+    return out.images

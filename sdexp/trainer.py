@@ -185,21 +185,21 @@ class Trainer:
             m.eval()
         self.module.on_validation_start()
         totals: dict[str, float] = {}
-        count = 0.0
+        counts: dict[str, float] = {}
         try:
             with torch.random.fork_rng(devices=[] if self.device.type == "cpu" else [self.device]):
                 with self.accelerator.autocast():
                     for i, batch in enumerate(batches):
                         out = self.module.validation_step(batch, i)
                         n = float(out.pop("n", torch.tensor(1.0)))
-                        count += n
                         for key, value in out.items():
                             totals[key] = totals.get(key, 0.0) + float(value) * n
+                            counts[key] = counts.get(key, 0.0) + n
         finally:
             self.module.on_validation_end()  # e.g. the training weights back after EMA ones
         for m in modules:
             m.train()
-        metrics = {f"val/{k}": v / count for k, v in totals.items()}
+        metrics = self.module.validation_summary({f"val/{k}": v / counts[k] for k, v in totals.items()})
         self.state.last_val = {"step": self.state.step, **metrics}
         self._call("on_validation_end", metrics)
         return metrics

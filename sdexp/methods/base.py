@@ -69,8 +69,13 @@ class TrainingModule:
         """After a validation pass (undo what ``on_validation_start`` did)."""
 
     def validation_step(self, batch: dict, batch_idx: int) -> dict[str, torch.Tensor]:
-        """Per-batch values; the trainer averages them (weighted by ``n``) into ``val/<key>``."""
+        """Per-batch values; the trainer averages each key (weighted by ``n``, over the batches that
+        return it) into ``val/<key>``."""
         return {}
+
+    def validation_summary(self, metrics: dict[str, float]) -> dict[str, float]:
+        """The averaged ``val/*`` values; add values derived from several (e.g. a gap)."""
+        return metrics
 
     def on_save_checkpoint(self, ckpt_dir: Path, step: int) -> dict[str, Path]:
         """Write the checkpoint files into ``ckpt_dir`` (a staging folder the trainer renames)."""

@@ -174,34 +174,47 @@ class StableDiffusionModule(TrainingModule):
         return self.val_dataset is not None or self.cfg.data.val_images > 0
 
     def val_batches(self) -> list[dict]:
-        """Encoded once: fixed latents (VAE mean), noise and a timestep grid, from a private RNG."""
+        """Encoded once: fixed latents (VAE mean), noise and a timestep grid, from a private RNG.
+
+        With held-out images (``data.val_dir``) the same measure also runs on as many training
+        images (batches marked ``probe``), so ``val/gap`` shows over-fitting as it starts.
+        """
         if self._val_cache is not None:
             return self._val_cache
-        dataset = self.val_dataset or self.train_dataset
-        count = min(len(dataset), self.cfg.data.val_images) if self.val_dataset is None else len(dataset)
+        if self.val_dataset is None:
+            count = min(len(self.train_dataset), self.cfg.data.val_images)
+            self._val_cache = self._loss_batches(self.train_dataset, count, probe=False)
+        else:
+            count = min(len(self.train_dataset), len(self.val_dataset))
+            held_out = self._loss_batches(self.val_dataset, len(self.val_dataset), probe=False)
+            self._val_cache = held_out + self._loss_batches(self.train_dataset, count, probe=True)
+        return self._val_cache
+
+    @torch.no_grad()
+    def _loss_batches(self, dataset, count: int, *, probe: bool) -> list[dict]:
+        """One batch per image: its latents at every timestep of the grid, with fixed noise
+        (the same noise sequence for held-out and training images, so only the images differ)."""
         if count == 0:
-            self._val_cache = []
-            return self._val_cache
+            return []
         items = [dataset[i] for i in _spread(len(dataset), count)]
         sched = self.base.noise_scheduler
         n_t = self.cfg.train.val_timesteps
         grid = torch.linspace(0, sched.config.num_train_timesteps - 1, n_t).round().long()
         generator = torch.Generator(device="cpu").manual_seed(self.cfg.train.seed + VALIDATION_SEED_OFFSET)
         batches = []
-        with torch.no_grad():
-            for item in items:
-                pixels = item["pixel_values"].unsqueeze(0)
-                latents = self.encode_images(pixels, None).float().cpu()
-                noise = torch.randn((n_t, *latents.shape[1:]), generator=generator)
-                batches.append(
-                    {
-                        "latents": latents.expand(n_t, -1, -1, -1).contiguous(),
-                        "noise": noise,
-                        "timesteps": grid.clone(),
-                        "caption": [item["caption"]] * n_t,
-                    }
-                )
-        self._val_cache = batches
+        for item in items:
+            pixels = item["pixel_values"].unsqueeze(0)
+            latents = self.encode_images(pixels, None).float().cpu()
+            noise = torch.randn((n_t, *latents.shape[1:]), generator=generator)
+            batches.append(
+                {
+                    "latents": latents.expand(n_t, -1, -1, -1).contiguous(),
+                    "noise": noise,
+                    "timesteps": grid.clone(),
+                    "caption": [item["caption"]] * n_t,
+                    "probe": probe,
+                }
+            )
         return batches
 
     @torch.no_grad()
@@ -215,7 +228,14 @@ class StableDiffusionModule(TrainingModule):
         pred = self._predict(noisy, timesteps, text)
         target = prediction_target(sched, latents, noise, timesteps)
         loss = per_sample_loss(pred, target, timesteps, sched, None).mean()
-        return {"loss": loss, "n": torch.tensor(float(latents.shape[0]))}
+        key = "train_loss" if batch.get("probe") else "loss"
+        return {key: loss, "n": torch.tensor(float(latents.shape[0]))}
+
+    def validation_summary(self, metrics: dict[str, float]) -> dict[str, float]:
+        """Held-out minus training-image loss: near 0 while the model generalises, growing as it memorises."""
+        if "val/loss" in metrics and "val/train_loss" in metrics:
+            metrics["val/gap"] = metrics["val/loss"] - metrics["val/train_loss"]
+        return metrics
 
     # ----- samples ------------------------------------------------------------------------
     @torch.no_grad()

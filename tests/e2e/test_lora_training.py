@@ -259,5 +259,9 @@ def test_held_out_validation_images_are_used_for_val_loss(compose, toy_images, t
     with_val = train_run(compose(*base, f"data.val_dir={held_out}"), tmp_path / "a")
     without = train_run(compose(*base), tmp_path / "b")
     assert with_val.last_val["val/loss"] != without.last_val["val/loss"]
+    # the same measure on training images, and the over-fitting gap between the two
+    v = with_val.last_val
+    assert v["val/gap"] == pytest.approx(v["val/loss"] - v["val/train_loss"])
+    assert "val/gap" not in without.last_val and "val/train_loss" not in without.last_val
     with pytest.raises(UserError, match="data.val_dir"):
         train_run(compose(*base, f"data.val_dir={tmp_path / 'missing'}"), tmp_path / "c")
