@@ -214,3 +214,28 @@ class WandbLogger(Logger):
             return
         run, self.run = self.run, None
         run.finish(exit_code=int(exit_code))  # the start-up notice already said where and how to sync
+        if self.mode == "offline" and self._run_path is not None:
+            _wait_until_written(self._run_path)
+
+
+def _wait_until_written(run_path: Path, timeout: float = 30.0) -> bool:
+    """Wait until the offline run file holds its exit record.
+
+    wandb-core can still be writing the transaction log when ``finish()`` returns (seen on a loaded
+    2-core box: the history was not yet on disk); whoever reads the run next (reports, sweeps,
+    tests) must see all of it.
+    """
+    import time
+
+    from sdexp.tracking.wandb_offline import read_offline_run
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if read_offline_run(run_path)["exit_code"] is not None:
+                return True
+        except Exception:  # a partly written record: read again
+            pass
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)

@@ -234,10 +234,11 @@ def test_never_waits_for_stdin(no_creds, tmp_path, stdin):
         "WANDB_BASE_URL": "http://127.0.0.1:9",
     }
     master = slave = drainer = None
+    terminal: list[bytes] = []  # the child's stderr in the pty case, for the failure message
     if stdin == "pty":  # wandb only prompts when stdin and stderr are terminals
         master, slave = pty.openpty()
         kwargs = {"stdin": slave, "stderr": slave}
-        drainer = threading.Thread(target=_drain, args=(master,), daemon=True)
+        drainer = threading.Thread(target=_drain, args=(master, terminal), daemon=True)
         drainer.start()
     else:
         kwargs = {"stdin": subprocess.PIPE, "stderr": subprocess.STDOUT}
@@ -260,15 +261,17 @@ def test_never_waits_for_stdin(no_creds, tmp_path, stdin):
             os.close(slave)
             drainer.join(timeout=5)
             os.close(master)
-    assert proc.returncode == 0, out
+    assert proc.returncode == 0, out + b"".join(terminal).decode(errors="replace")[-3000:]
     assert "DONE auto offline" in out and "DONE online offline" in out
     assert "wandb.mode=online but no credentials found" in out
 
 
-def _drain(fd: int) -> None:
+def _drain(fd: int, sink: list[bytes] | None = None) -> None:
+    """Read a pty until it closes (a full pty would block the child); keep what was read in ``sink``."""
     try:
-        while os.read(fd, 4096):
-            pass
+        while chunk := os.read(fd, 4096):
+            if sink is not None:
+                sink.append(chunk)
     except OSError:
         pass
 
