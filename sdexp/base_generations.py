@@ -85,13 +85,7 @@ class BaseGenerations:
 
     def _pipeline(self):
         if self._pipe is None:
-            from sdexp.models.loading import load_base
-            from sdexp.samplers import make_scheduler
-
-            base = load_base(self.model)
-            pipe = base.pipeline(make_scheduler(self.settings.sampler, base.noise_scheduler.config))
-            pipe.set_progress_bar_config(disable=True)
-            self._pipe = pipe.to(self.device)
+            self._pipe, _ = sampling_pipeline(self.model, sampler=self.settings.sampler, device=self.device)
         return self._pipe
 
     def _generate(self, prompts: list[str], seeds: list[int]) -> None:
@@ -115,6 +109,23 @@ class BaseGenerations:
             )
             write_png(image, self.path(prompt, seed), parameters)
             self.generated += 1
+
+
+def sampling_pipeline(
+    model: str | Path, *, sampler: str = "dpmpp_2m", lora: str | Path | None = None, device="cpu"
+):
+    """(pipeline, native resolution) of ``model`` with the ``sampler`` scheduler and no progress bar;
+    ``lora`` is loaded through the same path as `sdexp generate`."""
+    from sdexp.generate import check_loras, load_loras
+    from sdexp.models.loading import load_base
+    from sdexp.samplers import make_scheduler
+
+    base = load_base(model)
+    pipe = base.pipeline(make_scheduler(sampler, base.noise_scheduler.config))
+    if lora is not None:
+        load_loras(pipe, check_loras([(lora, 1.0)]), base.family.name)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device), base.native_resolution
 
 
 @torch.no_grad()

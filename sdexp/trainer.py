@@ -22,6 +22,12 @@ from sdexp.errors import UserError
 from sdexp.methods.base import TrainingModule
 
 
+def check_device(device: str, key: str) -> None:
+    """``cuda`` asked for where none is visible is the user's error, found before any work."""
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"{key}: cuda was asked for but no CUDA device is visible; use {key}=auto")
+
+
 @dataclass
 class TrainerState:
     """What callbacks may read: progress, the latest logs and validation metrics."""
@@ -63,10 +69,7 @@ class Trainer:
         self.checkpoint_every = checkpoint_every
         self.log_every = log_every
         self.callbacks = list(callbacks or [])
-        if device == "cuda" and not torch.cuda.is_available():
-            raise UserError(
-                "train.device: cuda was asked for but no CUDA device is visible; use train.device=auto"
-            )
+        check_device(device, "train.device")
         use_cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
         self.accelerator = Accelerator(
             cpu=use_cpu,

@@ -90,12 +90,10 @@ class Recipe:
                     f"stages: {stage} is not in stages={self.cfg.stages} but {self.out / stage} holds no "
                     f"finished {stage} stage; add {stage} to stages or point --out at a folder that has it"
                 )
-        for stage in self.cfg.stages:
-            if getattr(self.cfg, stage).device == "cuda":
-                import torch
+        from sdexp.trainer import check_device
 
-                if not torch.cuda.is_available():
-                    raise UserError(f"{stage}.device: cuda was asked for but no CUDA device is visible")
+        for stage in self.cfg.stages:
+            check_device(getattr(self.cfg, stage).device, f"{stage}.device")
 
     def run(self) -> Path:
         from transformers import CLIPTokenizer

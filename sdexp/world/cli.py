@@ -88,10 +88,9 @@ def cmd_world_eval(args: argparse.Namespace) -> int:
 
     import torch
 
+    from sdexp.base_generations import sampling_pipeline
     from sdexp.callbacks.samples import make_grid
     from sdexp.metrics.clip_models import load_clip
-    from sdexp.models.loading import load_base
-    from sdexp.samplers import make_scheduler
     from sdexp.world.evaluate import heldout_prompts, prompt_accuracy, zero_shot_accuracy
 
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
@@ -101,9 +100,7 @@ def cmd_world_eval(args: argparse.Namespace) -> int:
         results["clip_zero_shot"] = zero_shot_accuracy(clip, args.heldout)
         print(f"CLIP zero-shot on {args.heldout}: {_fmt(results['clip_zero_shot'])}")
     if args.prompts:
-        base = load_base(args.model)
-        pipe = base.pipeline(make_scheduler("dpmpp_2m", base.noise_scheduler.config)).to(device)
-        pipe.set_progress_bar_config(disable=True)
+        pipe, size = sampling_pipeline(args.model, device=device)
         triples = heldout_prompts(args.prompts, args.seed)
         for guidance in args.guidance:
             start = time.perf_counter()
@@ -114,7 +111,7 @@ def cmd_world_eval(args: argparse.Namespace) -> int:
                 seed=args.seed,
                 steps=args.steps,
                 guidance=guidance,
-                size=base.native_resolution,
+                size=size,
             )
             acc["seconds"] = round(time.perf_counter() - start, 1)
             results[f"prompt_accuracy@{guidance:g}"] = acc

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from sdexp.base_generations import sampling_pipeline
 from sdexp.metrics.scores import clip_i
 from sdexp.world.evaluate import generate, heldout_prompts, prompt_accuracy
 from sdexp.world.shapes import COLOURS, load_concept
@@ -22,20 +23,6 @@ def concept_prompts(manifest: dict, n: int) -> list[str]:
     backgrounds = [c for c in COLOURS if c not in manifest["colours"]]
     base = manifest["instance_prompt"]
     return [f"{base} on a {backgrounds[i % len(backgrounds)]} background" for i in range(n)]
-
-
-def load_pipeline(model: str, lora: str | Path | None = None, device: str = "cpu"):
-    """The model's pipeline (DPM++ 2M), with ``lora`` loaded through the same path as `sdexp generate`."""
-    from sdexp.generate import check_loras, load_loras
-    from sdexp.models.loading import load_base
-    from sdexp.samplers import make_scheduler
-
-    base = load_base(model)
-    pipe = base.pipeline(make_scheduler("dpmpp_2m", base.noise_scheduler.config))
-    if lora is not None:
-        load_loras(pipe, check_loras([(lora, 1.0)]), base.family.name)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe.to(device), base.native_resolution
 
 
 @torch.no_grad()
@@ -61,7 +48,7 @@ def evaluate_concept(
     manifest = load_concept(concept_dir)
     references = [Image.open(concept_dir / e["file"]).convert("RGB") for e in manifest["images"]]
     judge = judge or load_clip(model, device)
-    pipe, size = load_pipeline(model, lora, device)
+    pipe, size = sampling_pipeline(model, lora=lora, device=device)
     prompts = concept_prompts(manifest, concept_images)
     generated = generate(pipe, prompts, seed=seed, steps=steps, guidance=guidance, size=size)
     accuracy, ordinary = None, []

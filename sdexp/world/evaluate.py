@@ -12,8 +12,6 @@ import random
 from itertools import product
 from pathlib import Path
 
-import torch
-
 from sdexp.world.shapes import COLOURS, HELD_OUT, SHAPES, prompt, sample_scene
 
 ATTRIBUTES = ("colour", "shape", "background")
@@ -81,25 +79,19 @@ def heldout_prompts(n: int, seed: int = 0) -> list[tuple[str, str, str]]:
     return triples
 
 
-@torch.no_grad()
 def generate(
     pipe, prompts: list[str], *, seed: int, steps: int, guidance: float, size: int, batch: int = 100
 ):
     """One image per prompt, image i from seed ``seed + i`` (batching does not change them)."""
+    from sdexp.base_generations import SamplingSettings, generate_images
+
+    settings = SamplingSettings(steps=steps, guidance=guidance)
     images = []
-    device = pipe.device
     for i in range(0, len(prompts), batch):
         chunk = prompts[i : i + batch]
-        generators = [torch.Generator(device=device).manual_seed(seed + i + k) for k in range(len(chunk))]
-        out = pipe(
-            chunk,
-            num_inference_steps=steps,
-            guidance_scale=guidance,
-            height=size,
-            width=size,
-            generator=generators,
+        images.extend(
+            generate_images(pipe, chunk, list(range(seed + i, seed + i + len(chunk))), settings, size)
         )
-        images.extend(out.images)
     return images
 
 

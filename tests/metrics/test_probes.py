@@ -21,8 +21,8 @@ def clip():
 
 @pytest.mark.slow
 def test_forgetting_is_nothing_for_the_base_and_large_for_a_broken_lora(clip, compose, tmp_path, monkeypatch):
+    from sdexp.base_generations import sampling_pipeline
     from sdexp.run import train_run
-    from sdexp.world.concept_eval import load_pipeline
     from sdexp.world.shapes import write_concept
 
     monkeypatch.setenv("SDEXP_CACHE", str(tmp_path / "cache"))
@@ -37,7 +37,7 @@ def test_forgetting_is_nothing_for_the_base_and_large_for_a_broken_lora(clip, co
     cfg = compose("model=tiny_shapes", f"data.dir={data}", "method.rank=8", "method.targets=all",
                   "train.lr=1e-2", "train.steps=30", "train.batch_size=4", "logger=none")  # fmt: skip
     lora = train_run(cfg, tmp_path / "run", notify=lambda *_: None).final_checkpoint / "lora.safetensors"
-    pipe, size = load_pipeline("tiny_shapes", lora)
+    pipe, size = sampling_pipeline("tiny_shapes", lora=lora)
     broken = generate_images(pipe, prompts, seeds, SETTINGS, size)
     forgot = forgetting_probe(clip, base, broken, prompts)
     assert forgot["forgetting/clip_t_change"] < -5, forgot

@@ -58,10 +58,10 @@ def test_clip_zero_shot_on_held_out_world_images(judge, tmp_path):
 @pytest.mark.slow
 def test_follows_200_held_out_prompts(judge):
     """The issue's bar: ≥ 80% colour and background; shapes too, since the recipe ran on a GPU."""
-    from sdexp.world.concept_eval import load_pipeline
+    from sdexp.base_generations import sampling_pipeline
     from sdexp.world.evaluate import heldout_prompts, prompt_accuracy
 
-    pipe, size = load_pipeline("tiny_shapes")
+    pipe, size = sampling_pipeline("tiny_shapes")
     triples = heldout_prompts(200, seed=0)
     acc, _ = prompt_accuracy(pipe, judge, triples, seed=0, steps=20, guidance=4.0, size=size)
     assert acc["heldout_pairs/prompts"] > 50  # the held-out colour×shape pairs are among them
