@@ -15,6 +15,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from sdexp.errors import ConfigError
+from sdexp.evaluation.config import EvalConfig, expected_metrics, validate_eval
 from sdexp.samplers import SAMPLERS
 
 BUILTIN_MODELS = ("tiny", "tiny_shapes")  # names that need no model.path (sdexp.models.loading)
@@ -151,6 +152,7 @@ class RunConfig:
     method: Any = MISSING
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
 
 
@@ -261,6 +263,26 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"train.resolution: must be a multiple of 8 (got {resolution})")
     _choice("logger.name", lg.name, LOGGERS)
     _choice("logger.mode", lg.mode, WANDB_MODES)
+    validate_eval(cfg.eval, held_out=bool(d.val_dir), samplers=SAMPLERS)
+    if t.early_stopping.patience:
+        _check_monitor(cfg)
+
+
+def _check_monitor(cfg: RunConfig) -> None:
+    """Early stopping watches a metric this run logs: validation, evaluation or an objective."""
+    es, e = cfg.train.early_stopping, cfg.eval
+    objectives = {f"objective/{o.name}": o.direction for o in e.objectives}
+    known = expected_metrics(e, held_out=bool(cfg.data.val_dir)) | set(objectives)
+    if es.monitor not in known:
+        raise ConfigError(
+            f"train.early_stopping.monitor: {es.monitor!r} is not logged by this run; "
+            f"choose one of {', '.join(sorted(known))}"
+        )
+    direction = objectives.get(es.monitor)
+    if direction and es.mode != direction[:3]:
+        raise ConfigError(
+            f"train.early_stopping.mode: {es.monitor} is {direction}d; set train.early_stopping.mode={direction[:3]}"
+        )
 
 
 def validate_train(t: TrainConfig, prefix: str = "train") -> None:

@@ -62,6 +62,7 @@ def _build_logger(logger_cfg, config: dict, run_dir: Path, notify):
 
 def train_run(cfg: RunConfig, run_dir: str | Path, *, notify=print) -> RunResult:
     """Train one run into ``run_dir`` and return where things went."""
+    from sdexp.evaluation.setup import build_scoring
     from sdexp.methods import build_module
     from sdexp.models.loading import resolve_model_dir
     from sdexp.trainer import Trainer
@@ -83,6 +84,7 @@ def train_run(cfg: RunConfig, run_dir: str | Path, *, notify=print) -> RunResult
             "train.early_stopping.patience: early stopping needs validation; set data.val_images > 0"
         )
     trainer = Trainer.from_config(t, run_dir)  # checks the device before the folder exists
+    scoring = build_scoring(cfg, module, run_dir, trainer.device, notify)
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir)
     return fit_and_record(
@@ -95,6 +97,7 @@ def train_run(cfg: RunConfig, run_dir: str | Path, *, notify=print) -> RunResult
         images=len(module.train_dataset),
         notify=notify,
         started=started,
+        scoring=scoring,
     )
 
 
@@ -109,10 +112,12 @@ def fit_and_record(
     images: int,
     notify=print,
     started: float | None = None,
+    scoring=None,
 ) -> RunResult:
     """Fit ``module`` with ``trainer`` (built from train config ``t``) into ``run_dir``.
 
-    Adds the loggers and the callbacks ``t`` asks for, and records run.json as it goes.
+    Adds the loggers and the callbacks ``t`` asks for, and records run.json as it goes;
+    ``scoring`` (a ``CheckpointScoring``) scores each checkpoint and keeps ``best/``.
 
     Fine-tuning runs and each stage of ``sdexp pretrain`` go through here, so every run folder
     has the same files and every loop the same callbacks.
@@ -131,6 +136,9 @@ def fit_and_record(
         images=images,
     )
     logger, wandb_logger = _build_logger(logger_cfg, config, run_dir, notify)
+    if scoring is not None:
+        scoring.logger = logger
+        trainer.callbacks.append(scoring)
     trainer.callbacks += [
         MetricsLogging(logger, t.log_every, t.batch_size * t.gradient_accumulation),
         ProgressBar(),
@@ -164,9 +172,20 @@ def fit_and_record(
         **{k: v for k, v in state.last_logs.items() if k == "train/loss"},
         **{k: v for k, v in state.last_val.items() if k != "step"},
     }
+    best = scoring.summary() if scoring is not None else None
+    if best and best["step"] is not None:
+        summary.update(
+            {"best/step": best["step"], **{f"best/objective/{k}": v for k, v in best["objectives"].items()}}
+        )
     logger.log_summary(summary)
     logger.finish(exit_code=0)
     wall = time.time() - started
+    scored = {}
+    if scoring is not None:
+        scored = {
+            "best": {k: best[k] for k in ("step", "checkpoint", "objectives", "feasible", "beats_base")},
+            "evaluation": scoring.timing(wall),
+        }
     final = run_dir / "checkpoints" / "final"
     write_run_json(
         run_dir,
@@ -178,6 +197,7 @@ def fit_and_record(
         device=str(trainer.device),
         final={"train": state.last_logs, "val": state.last_val},
         checkpoints=state.checkpoints,
+        **scored,
     )
     return RunResult(run_dir, state.step, state.stop_reason, final, state.last_logs, state.last_val, wall)
 

@@ -125,8 +125,8 @@ class Trainer:
         params = [p for group in optimizer.param_groups for p in group["params"]]
         state = self.state
         state.started_at = time.perf_counter()
+        self._run_validation()  # step 0: the base, before callbacks start (scoring reads it)
         self._call("on_train_start")
-        self._run_validation()
         loss_sum, micro = 0.0, 0
         while state.step < self.max_steps and not self.should_stop:
             module.on_train_epoch_start(state.epoch)

@@ -16,5 +16,9 @@ class Callback:
     def on_checkpoint(self, trainer, module, path) -> None:
         pass
 
+    def on_checkpoint_scored(self, trainer, module, metrics: dict) -> None:
+        """After a checkpoint (or the base at step 0) was scored: validation, evaluation and
+        ``objective/*`` values of that step."""
+
     def on_train_end(self, trainer, module) -> None:
         pass

@@ -1,6 +1,7 @@
-"""Stop when a monitored value has not improved for ``patience`` validations (Lightning's semantics).
+"""Stop when a monitored value has not improved for ``patience`` checks (Lightning's semantics).
 
-Like Lightning's strict mode, a monitor that is not logged is an error, not a silent no-op.
+A ``val/*`` monitor is checked at every validation; any other (``eval/*``, ``objective/*``) at every
+scored checkpoint. Like Lightning's strict mode, a monitor that is not logged is an error.
 """
 
 from __future__ import annotations
@@ -28,10 +29,22 @@ class EarlyStopping(Callback):
             return value < self.best - self.min_delta
         return value > self.best + self.min_delta
 
+    @property
+    def on_validation(self) -> bool:
+        return self.monitor.startswith("val/")
+
     def on_validation_end(self, trainer, module, metrics: dict) -> None:
+        if self.on_validation:
+            self._check(trainer, metrics, "validation")
+
+    def on_checkpoint_scored(self, trainer, module, metrics: dict) -> None:
+        if not self.on_validation:
+            self._check(trainer, metrics, "scored checkpoint")
+
+    def _check(self, trainer, metrics: dict, source: str) -> None:
         if self.monitor not in metrics:
             raise ConfigError(
-                f"train.early_stopping.monitor: {self.monitor!r} is not among the validation metrics "
+                f"train.early_stopping.monitor: {self.monitor!r} is not among the {source} metrics "
                 f"({', '.join(sorted(metrics)) or 'none'}); monitor one of those"
             )
         value = float(metrics[self.monitor])
@@ -44,5 +57,5 @@ class EarlyStopping(Callback):
             self.stopped_step = trainer.state.step
             trainer.state.stop_reason = (
                 f"early_stopping: {self.monitor} did not improve on {self.best:.6g} (step {self.best_step}) "
-                f"for {self.wait} validations"
+                f"for {self.wait} {'validations' if self.on_validation else 'scored checkpoints'}"
             )

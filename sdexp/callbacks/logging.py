@@ -37,3 +37,9 @@ class MetricsLogging(Callback):
             self.logger.log_metrics(dict(metrics), step=trainer.state.step)
         # validation time is not training throughput
         self._last_time = time.perf_counter()
+
+    def on_checkpoint(self, trainer, module, path) -> None:
+        self._last_time = time.perf_counter()  # nor is saving
+
+    def on_checkpoint_scored(self, trainer, module, metrics: dict) -> None:
+        self._last_time = time.perf_counter()  # nor is evaluation

@@ -81,6 +81,11 @@ class TrainingModule:
         """Write the checkpoint files into ``ckpt_dir`` (a staging folder the trainer renames)."""
         raise NotImplementedError
 
+    def inference_pipeline(self, sampler: str):
+        """A context manager giving a sampling pipeline on the weights a checkpoint would save
+        (EMA swapped in), in eval mode; evaluation generates through it."""
+        raise NotImplementedError(f"{type(self).__name__} cannot generate images")
+
     def sample_images(self, prompts: list[str], seed: int) -> list:
         """Images for ``prompts`` from fixed seeds, without disturbing the training RNG."""
         return []

@@ -7,6 +7,7 @@ A subclass says which parameters train (``configure_adapters``) and how they are
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -237,30 +238,42 @@ class StableDiffusionModule(TrainingModule):
             metrics["val/gap"] = metrics["val/loss"] - metrics["val/train_loss"]
         return metrics
 
-    # ----- samples ------------------------------------------------------------------------
+    # ----- samples and evaluation ------------------------------------------------------
+    @contextmanager
+    def inference_pipeline(self, sampler: str):
+        from sdexp.samplers import make_scheduler
+
+        modules = self.trainable_modules()
+        modes = [m.training for m in modules]
+        for m in modules:
+            m.eval()
+        self.on_validation_start()
+        try:
+            pipe = self.base.pipeline(make_scheduler(sampler, self.base.noise_scheduler.config))
+            pipe.set_progress_bar_config(disable=True)
+            with torch.no_grad():
+                yield pipe
+        finally:
+            self.on_validation_end()
+            for m, mode in zip(modules, modes, strict=True):
+                m.train(mode)
+
     @torch.no_grad()
     def sample_images(self, prompts: list[str], seed: int) -> list:
         """One image per prompt from seed ``seed + i``, in an isolated RNG."""
-        from sdexp.samplers import make_scheduler
+        from sdexp.base_generations import SamplingSettings, generate_images
+        from sdexp.evaluation.scorer import isolated_rng
 
         t = self.cfg.train
-        pipe = self.base.pipeline(make_scheduler(t.sample_scheduler, self.base.noise_scheduler.config))
-        pipe.set_progress_bar_config(disable=True)
+        settings = SamplingSettings(
+            sampler=t.sample_scheduler, steps=t.sample_steps, guidance=t.sample_guidance
+        )
         device = self.trainer.device
-        images = []
-        with torch.random.fork_rng(devices=[] if device.type == "cpu" else [device]):
-            for i, prompt in enumerate(prompts):
-                generator = torch.Generator(device=device).manual_seed(seed + i)
-                out = pipe(
-                    prompt,
-                    num_inference_steps=t.sample_steps,
-                    guidance_scale=t.sample_guidance,
-                    height=self.resolution,
-                    width=self.resolution,
-                    generator=generator,
-                )
-                images.append(out.images[0])
-        return images
+        with isolated_rng(device), self.inference_pipeline(t.sample_scheduler) as pipe:
+            return [
+                generate_images(pipe, [prompt], [seed + i], settings, self.resolution)[0]
+                for i, prompt in enumerate(prompts)
+            ]
 
     def on_save_checkpoint(self, ckpt_dir: Path, step: int) -> dict[str, Path]:
         raise NotImplementedError

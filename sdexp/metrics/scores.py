@@ -68,14 +68,19 @@ def image_features(clip, images) -> np.ndarray:
 
 def fid_kid(features_a: np.ndarray, features_b: np.ndarray, seed: int = 0) -> DistributionDistance:
     """FID and KID between two feature sets, by clean-fid's formulas; KID's subsets are seeded."""
+    import warnings
+
     from cleanfid.fid import frechet_distance, kernel_distance
+    from scipy import linalg as scipy_linalg
 
     a, b = np.asarray(features_a, dtype=np.float64), np.asarray(features_b, dtype=np.float64)
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1] or min(len(a), len(b)) < 2:
         raise ValueError(
             f"need two [N, D] feature sets with N >= 2 and the same D, got {a.shape} and {b.shape}"
         )
-    fid = frechet_distance(a.mean(0), np.cov(a, rowvar=False), b.mean(0), np.cov(b, rowvar=False))
+    with warnings.catch_warnings():  # few samples: singular covariances; DistributionDistance.warning says so
+        warnings.simplefilter("ignore", category=getattr(scipy_linalg, "LinAlgWarning", RuntimeWarning))
+        fid = frechet_distance(a.mean(0), np.cov(a, rowvar=False), b.mean(0), np.cov(b, rowvar=False))
     state = np.random.get_state()  # clean-fid draws KID's subsets from numpy's global RNG
     try:
         np.random.seed(seed)

@@ -1,0 +1,1 @@
+"""Scoring checkpoints: the eval config, objectives, the generate-and-score path, `sdexp eval`."""

@@ -1,0 +1,193 @@
+"""Generate a checkpoint's prompt sets and score them: the one scoring path for the evaluation
+callback (every checkpoint of every run and trial) and `sdexp eval` (any model or LoRA).
+
+Subject prompts are scored for prompt fidelity (CLIP-T), subject fidelity against the reference
+images (CLIP-I, DINO), copying (memorisation against the training images) and distance (FID/KID).
+Prior prompts, generated with the same seeds by the base (cached by ``BaseGenerations``) and by the
+checkpoint, give the forgetting probe and prompt drift. Every image comes from its own seeded
+generator, so the checkpoint's images pair with the base's image for image.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sdexp.base_generations import BaseGenerations, SamplingSettings, generate_images
+from sdexp.errors import UserError
+from sdexp.evaluation.config import EvalConfig
+from sdexp.metrics.probes import forgetting_probe, prompt_drift
+from sdexp.metrics.scores import clip_i, clip_t, fid_kid, image_features, memorisation
+
+
+def resolve_clip_spec(spec: str, model_ref: str | Path) -> str | None:
+    """``auto`` is the base model's own CLIP (a folder with clip/, e.g. tiny_shapes), else None."""
+    if spec != "auto":
+        return spec
+    from sdexp.models.loading import resolve_model_dir
+
+    model_dir = resolve_model_dir(model_ref)
+    return str(model_dir) if (model_dir / "clip" / "config.json").exists() else None
+
+
+def cycled(prompts: list[str], count: int, seed: int) -> tuple[list[str], list[int]]:
+    """``count`` (prompt, seed) pairs: the prompts in turn, seeds seed, seed+1, ... (0 = one each)."""
+    count = count or len(prompts)
+    return [prompts[i % len(prompts)] for i in range(count)], [seed + i for i in range(count)]
+
+
+@contextmanager
+def isolated_rng(device: torch.device | str = "cpu"):
+    """Every global RNG (torch CPU and CUDA, numpy, random) as it was before, afterwards:
+    evaluation must not move training's random stream."""
+    device = torch.device(device)
+    py_state, np_state = random.getstate(), np.random.get_state()
+    try:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            yield
+    finally:
+        random.setstate(py_state)
+        np.random.set_state(np_state)
+
+
+@dataclass
+class Evaluation:
+    """One checkpoint's scores and the images they came from."""
+
+    metrics: dict[str, float]
+    subject: list = field(default_factory=list)
+    subject_prompts: list[str] = field(default_factory=list)
+    prior: list = field(default_factory=list)
+    prior_prompts: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def _load_images(paths: list[Path]) -> list:
+    from sdexp.data.transforms import load_rgb
+
+    return [load_rgb(p) for p in paths]
+
+
+class Evaluator:
+    """Scores pipelines under one ``EvalConfig``; the judges and reference images load once."""
+
+    def __init__(
+        self,
+        cfg: EvalConfig,
+        *,
+        base_model: str | Path,
+        clip_spec: str,
+        reference_paths: list[Path],
+        training_paths: list[Path],
+        subject_prompts: list[str],
+        size: int,
+        device: str | torch.device = "cpu",
+        generations_root: str | Path | None = None,
+    ):
+        from sdexp.metrics.clip_models import load_clip
+
+        if not subject_prompts:
+            raise UserError(
+                "eval.prompts: no subject prompts (and the data has no captions); set eval.prompts"
+            )
+        self.cfg, self.size, self.device = cfg, size, torch.device(device)
+        self.base_model = str(base_model)
+        self.clip = load_clip(clip_spec, self.device)
+        self.dino = None
+        if cfg.dino:
+            from sdexp.metrics.features import load_dino
+
+            self.dino = load_dino(cfg.dino, self.device)
+        self.inception = None
+        if cfg.fid and cfg.fid_features == "inception":
+            from sdexp.metrics.features import inception_features
+
+            self.inception = inception_features(self.device, cfg.inception_weights)
+        self.references = _load_images(reference_paths)
+        self.training = _load_images(training_paths)
+        if not self.references:
+            raise UserError("eval.reference_dir: no reference images to score subject fidelity against")
+        self.settings = SamplingSettings(
+            sampler=cfg.sampler, steps=cfg.steps, guidance=cfg.guidance, size=size
+        )
+        self.subject_prompts, self.subject_seeds = cycled(subject_prompts, cfg.images, cfg.seed)
+        self.prior_prompts, self.prior_seeds = (
+            cycled(cfg.prior_prompts, cfg.prior_images, cfg.seed) if cfg.prior_prompts else ([], [])
+        )
+        self._generations_root = generations_root
+        self._base_prior: list | None = None
+        self.base_seconds = 0.0  # generating the base's prior images (0 when they were cached)
+
+    def generate(self, pipe, prompts: list[str], seeds: list[int]) -> list:
+        out = []
+        for i in range(0, len(prompts), self.cfg.batch_size):
+            chunk = slice(i, i + self.cfg.batch_size)
+            out += generate_images(pipe, prompts[chunk], seeds[chunk], self.settings, self.size)
+        return out
+
+    def base_prior_images(self) -> list:
+        """The base's images for the prior prompts: from the cache, generated once when missing."""
+        if self._base_prior is None:
+            started = time.perf_counter()
+            cache = BaseGenerations(
+                self.base_model,
+                self.settings,
+                root=self._generations_root,
+                device=str(self.device),
+                batch_size=self.cfg.batch_size,
+            )
+            self._base_prior = cache.images(self.prior_prompts, self.prior_seeds)
+            self.base_seconds = time.perf_counter() - started if cache.generated else 0.0
+        return self._base_prior
+
+    @torch.no_grad()
+    def evaluate(self, pipe) -> Evaluation:
+        """Generate both prompt sets with ``pipe`` and score them."""
+        started = time.perf_counter()
+        subject = self.generate(pipe, self.subject_prompts, self.subject_seeds)
+        prior = self.generate(pipe, self.prior_prompts, self.prior_seeds) if self.prior_prompts else []
+        result = self.score(subject, prior)
+        result.seconds = time.perf_counter() - started
+        return result
+
+    def score(self, subject: list, prior: list) -> Evaluation:
+        cfg, clip = self.cfg, self.clip
+        metrics = {
+            "eval/clip_t": clip_t(clip, subject, self.subject_prompts),
+            "eval/clip_i": clip_i(clip, subject, self.references),
+        }
+        if self.dino is not None:
+            g, r = self.dino.encode_images(subject), self.dino.encode_images(self.references)
+            metrics["eval/dino"] = float((g @ r.T).mean())
+        if self.training:
+            copies = memorisation(clip, subject, self.training, cfg.copy_threshold)
+            metrics.update({f"eval/memorisation/{k}": v for k, v in copies.items()})
+        warnings = []
+        if cfg.fid:
+            features = self.inception or (lambda images: image_features(clip, images))
+            dist = fid_kid(features(subject), features(self.references), seed=cfg.seed)
+            metrics.update({"eval/fid": dist.fid, "eval/kid": dist.kid, "eval/fid_samples": dist.samples_a})
+            if dist.warning:
+                warnings.append(f"eval/fid: {dist.warning}")
+        if prior:
+            base = self.base_prior_images()
+            probe = forgetting_probe(clip, base, prior, self.prior_prompts)
+            for key in ("clip_t_base", "clip_t_change", "fid", "kid", "samples"):
+                metrics[f"eval/forgetting/{key}"] = probe[f"forgetting/{key}"]
+            token = cfg.token or "\0"  # prior prompts never hold the token (checked at the door)
+            metrics["eval/prompt_drift"] = prompt_drift(clip, prior, self.prior_prompts, token)
+        return Evaluation(
+            metrics={k: float(v) for k, v in metrics.items()},
+            subject=subject,
+            subject_prompts=self.subject_prompts,
+            prior=prior,
+            prior_prompts=self.prior_prompts,
+            warnings=warnings,
+        )
