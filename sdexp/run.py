@@ -27,6 +27,7 @@ class RunResult:
     last_train: dict
     last_val: dict
     wall_seconds: float
+    best: dict | None = None  # best.json's content: the best checkpoint, its objectives, the history
 
 
 def save_config(cfg: RunConfig, run_dir: Path) -> Path:
@@ -199,7 +200,7 @@ def fit_and_record(
         checkpoints=state.checkpoints,
         **scored,
     )
-    return RunResult(run_dir, state.step, state.stop_reason, final, state.last_logs, state.last_val, wall)
+    return RunResult(run_dir, state.step, state.stop_reason, final, state.last_logs, state.last_val, wall, best)
 
 
 def run_from_hydra(cfg) -> None:

@@ -1,4 +1,5 @@
-"""Early stopping follows Lightning's semantics: patience counts validations without improvement."""
+"""Early stopping follows Lightning's semantics: patience counts checks without improvement; val/*
+monitors are checked at validations, eval/* and objective/* ones at scored checkpoints."""
 
 from __future__ import annotations
 
@@ -29,8 +30,8 @@ def test_stops_after_patience_validations_without_improvement():
 
 def test_min_delta_and_max_mode():
     trainer = _trainer()
-    cb = EarlyStopping(monitor="score", mode="max", patience=1, min_delta=0.1)
-    assert _feed(cb, trainer, [1.0, 1.05], key="score") == 20  # +0.05 < min_delta
+    cb = EarlyStopping(monitor="val/score", mode="max", patience=1, min_delta=0.1)
+    assert _feed(cb, trainer, [1.0, 1.05], key="val/score") == 20  # +0.05 < min_delta
     assert cb.best == 1.0 and cb.best_step == 10
 
 
@@ -41,3 +42,14 @@ def test_a_monitor_that_is_not_logged_is_a_config_error():
 
     with pytest.raises(ConfigError, match="val/typo.*val/loss"):
         _feed(EarlyStopping(monitor="val/typo", patience=1), _trainer(), [1, 2, 3])
+
+
+def test_objective_monitors_are_checked_at_scored_checkpoints_only():
+    trainer = _trainer()
+    cb = EarlyStopping(monitor="objective/subject", mode="max", patience=1)
+    cb.on_validation_end(trainer, None, {"val/loss": 1.0})  # not its metric, not an error
+    for step, value in ((0, 0.3), (10, 0.2)):
+        trainer.state.step = step
+        cb.on_checkpoint_scored(trainer, None, {"objective/subject": value, "val/loss": 1.0})
+    assert trainer.should_stop and "1 scored checkpoints" in trainer.state.stop_reason
+    assert cb.best == 0.3 and cb.best_step == 0

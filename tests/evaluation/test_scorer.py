@@ -18,7 +18,11 @@ def test_isolated_rng_leaves_every_global_generator_where_it_was():
     with isolated_rng("cpu"):
         torch.rand(100), np.random.rand(100), random.random()
     after = (torch.rand(3), np.random.rand(3), random.random())
-    assert torch.equal(expected[0], after[0]) and np.array_equal(expected[1], after[1]) and expected[2] == after[2]
+    assert (
+        torch.equal(expected[0], after[0])
+        and np.array_equal(expected[1], after[1])
+        and expected[2] == after[2]
+    )
 
 
 def test_cycled_prompts_and_seeds():
@@ -42,7 +46,12 @@ def dino_dir(tmp_path):
 
     torch.manual_seed(0)
     config = Dinov2Config(
-        hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, image_size=28, patch_size=14
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        image_size=28,
+        patch_size=14,
     )
     Dinov2Model(config).save_pretrained(tmp_path / "dino")
     return tmp_path / "dino"

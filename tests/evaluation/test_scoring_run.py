@@ -174,3 +174,33 @@ def test_sdexp_eval_scores_a_lora_file_on_a_base_and_rejects_bad_targets(scored_
     assert no_data.returncode == 2 and "data.dir" in no_data.stderr
     wrong_group = cli(["-m", "sdexp.cli", "eval", str(scored_run.run_dir), "model=tiny"])
     assert wrong_group.returncode == 2 and "keeps its own model" in wrong_group.stderr
+
+
+def test_sdexp_eval_scores_a_model_folder_against_its_base(concept, generations, cli, tmp_path):
+    model = tmp_path / "model"
+    assert cli(["-m", "sdexp.cli", "export-model", "tiny_shapes", str(model)]).returncode == 0
+    out = tmp_path / "model.json"
+    args = ["-m", "sdexp.cli", "eval", str(model), "model=tiny_shapes", f"data.dir={concept}", "eval=shapes",
+            "eval.images=2", "eval.steps=4", "--out", str(out)]  # fmt: skip
+    proc = cli(args)
+    assert proc.returncode == 0, proc.stderr
+    base, exported = json.loads(out.read_text())["rows"]
+    # The fp32 export of the fp16 base generates the same images: nothing forgotten, same scores.
+    assert exported["name"] == "model"
+    assert exported["metrics"]["eval/forgetting/clip_t_change"] == pytest.approx(0.0, abs=0.5)
+    assert exported["metrics"]["eval/clip_i"] == pytest.approx(base["metrics"]["eval/clip_i"], abs=0.02)
+
+
+def test_missing_judges_fail_before_the_run_folder_exists(concept, tmp_path):
+    from sdexp.entry import compose_run_config
+    from sdexp.errors import UserError
+
+    for override, message in (
+        ("eval.fid_features=inception", "eval.fid_features"),
+        (f"eval.dino={tmp_path / 'no-dino'}", "eval.dino"),
+        ("eval.clip=open_clip:ViT-B-32:laion2b_s34b_b79k", "clip model"),
+    ):
+        cfg = compose_run_config([*QUICK_EVAL, f"data.dir={concept}", override])
+        with pytest.raises(UserError, match=message):
+            train_run(cfg, tmp_path / "run", notify=lambda *_: None)
+        assert not (tmp_path / "run").exists()
