@@ -200,7 +200,9 @@ def fit_and_record(
         checkpoints=state.checkpoints,
         **scored,
     )
-    return RunResult(run_dir, state.step, state.stop_reason, final, state.last_logs, state.last_val, wall, best)
+    return RunResult(
+        run_dir, state.step, state.stop_reason, final, state.last_logs, state.last_val, wall, best
+    )
 
 
 def run_from_hydra(cfg) -> None:
