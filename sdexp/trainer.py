@@ -20,6 +20,7 @@ from accelerate.utils import set_seed
 from sdexp.callbacks.base import Callback
 from sdexp.errors import UserError
 from sdexp.methods.base import TrainingModule
+from sdexp.rng import isolated_rng
 
 
 def check_device(device: str, key: str) -> None:
@@ -190,7 +191,7 @@ class Trainer:
         totals: dict[str, float] = {}
         counts: dict[str, float] = {}
         try:
-            with torch.random.fork_rng(devices=[] if self.device.type == "cpu" else [self.device]):
+            with isolated_rng(self.device):
                 with self.accelerator.autocast():
                     for i, batch in enumerate(batches):
                         out = self.module.validation_step(batch, i)

@@ -18,7 +18,7 @@ from pathlib import Path
 from sdexp.atomic import write_json_atomic
 from sdexp.callbacks.base import Callback
 from sdexp.evaluation.objective import Score, score_all
-from sdexp.evaluation.scorer import isolated_rng
+from sdexp.rng import isolated_rng
 
 BEST_DIR, BEST_FILE = "best", "best.json"
 

@@ -30,10 +30,10 @@ def evaluate_targets(
     from sdexp.config import as_plain_dict
     from sdexp.data.scan import scan_folder
     from sdexp.evaluation.objective import score_all
-    from sdexp.evaluation.scorer import isolated_rng
     from sdexp.evaluation.setup import build_evaluator, run_resolution
     from sdexp.generate import check_loras, load_loras
     from sdexp.quiet import quiet_libraries
+    from sdexp.rng import isolated_rng
 
     quiet_libraries()
     d = cfg.data

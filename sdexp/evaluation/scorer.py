@@ -10,9 +10,7 @@ generator, so the checkpoint's images pair with the base's image for image.
 
 from __future__ import annotations
 
-import random
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,7 +21,7 @@ from sdexp.base_generations import BaseGenerations, SamplingSettings, generate_i
 from sdexp.errors import UserError
 from sdexp.evaluation.config import EvalConfig
 from sdexp.metrics.probes import forgetting_probe, prompt_drift
-from sdexp.metrics.scores import clip_i, clip_t, fid_kid, image_features, memorisation
+from sdexp.metrics.scores import clip_t, fid_kid, image_features, mean_similarity, nearest_neighbours
 
 
 def resolve_clip_spec(spec: str, model_ref: str | Path) -> str | None:
@@ -42,20 +40,6 @@ def cycled(prompts: list[str], count: int, seed: int) -> tuple[list[str], list[i
     return [prompts[i % len(prompts)] for i in range(count)], [seed + i for i in range(count)]
 
 
-@contextmanager
-def isolated_rng(device: torch.device | str = "cpu"):
-    """Every global RNG (torch CPU and CUDA, numpy, random) as it was before, afterwards:
-    evaluation must not move training's random stream."""
-    device = torch.device(device)
-    py_state, np_state = random.getstate(), np.random.get_state()
-    try:
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            yield
-    finally:
-        random.setstate(py_state)
-        np.random.set_state(np_state)
-
-
 @dataclass
 class Evaluation:
     """One checkpoint's scores and the images they came from."""
@@ -69,10 +53,23 @@ class Evaluation:
     seconds: float = 0.0
 
 
+REFERENCE_SIDE = 512  # references are kept at most this small (shortest side): every judge resizes below it
+
+
 def _load_images(paths: list[Path]) -> list:
+    """The images, shrunk so that twenty 24-megapixel photos do not sit in memory at full size."""
+    from PIL import Image
+
     from sdexp.data.transforms import load_rgb
 
-    return [load_rgb(p) for p in paths]
+    images = []
+    for p in paths:
+        img = load_rgb(p)
+        scale = REFERENCE_SIDE / min(img.size)
+        if scale < 1:
+            img = img.resize((round(img.width * scale), round(img.height * scale)), Image.Resampling.BICUBIC)
+        images.append(img)
+    return images
 
 
 class Evaluator:
@@ -123,7 +120,17 @@ class Evaluator:
         )
         self._generations_root = generations_root
         self._base_prior: list | None = None
+        # What every checkpoint is compared with, encoded once.
+        self._reference_clip = self.clip.encode_images(self.references)
+        self._training_clip = self.clip.encode_images(self.training) if self.training else None
+        self._reference_dino = self.dino.encode_images(self.references) if self.dino else None
+        self._reference_fid = self._fid_features(self.references) if cfg.fid else None
         self.base_seconds = 0.0  # generating the base's prior images (0 when they were cached)
+
+    def _fid_features(self, images) -> np.ndarray:
+        if self.inception is not None:
+            return self.inception(images)
+        return image_features(self.clip, images)
 
     def generate(self, pipe, prompts: list[str], seeds: list[int]) -> list:
         out = []
@@ -159,20 +166,19 @@ class Evaluator:
 
     def score(self, subject: list, prior: list) -> Evaluation:
         cfg, clip = self.cfg, self.clip
+        subject_clip = clip.encode_images(subject)
         metrics = {
             "eval/clip_t": clip_t(clip, subject, self.subject_prompts),
-            "eval/clip_i": clip_i(clip, subject, self.references),
+            "eval/clip_i": mean_similarity(subject_clip, self._reference_clip),
         }
         if self.dino is not None:
-            g, r = self.dino.encode_images(subject), self.dino.encode_images(self.references)
-            metrics["eval/dino"] = float((g @ r.T).mean())
-        if self.training:
-            copies = memorisation(clip, subject, self.training, cfg.copy_threshold)
+            metrics["eval/dino"] = mean_similarity(self.dino.encode_images(subject), self._reference_dino)
+        if self._training_clip is not None:
+            copies = nearest_neighbours(subject_clip, self._training_clip, cfg.copy_threshold)
             metrics.update({f"eval/memorisation/{k}": v for k, v in copies.items()})
         warnings = []
         if cfg.fid:
-            features = self.inception or (lambda images: image_features(clip, images))
-            dist = fid_kid(features(subject), features(self.references), seed=cfg.seed)
+            dist = fid_kid(self._fid_features(subject), self._reference_fid, seed=cfg.seed)
             metrics.update({"eval/fid": dist.fid, "eval/kid": dist.kid, "eval/fid_samples": dist.samples_a})
             if dist.warning:
                 warnings.append(f"eval/fid: {dist.warning}")

@@ -262,7 +262,7 @@ class StableDiffusionModule(TrainingModule):
     def sample_images(self, prompts: list[str], seed: int) -> list:
         """One image per prompt from seed ``seed + i``, in an isolated RNG."""
         from sdexp.base_generations import SamplingSettings, generate_images
-        from sdexp.evaluation.scorer import isolated_rng
+        from sdexp.rng import isolated_rng
 
         t = self.cfg.train
         settings = SamplingSettings(

@@ -26,14 +26,23 @@ def clip_t(clip, images, prompts: list[str]) -> float:
 
 def clip_i(clip, generated, references) -> float:
     """DreamBooth's CLIP-I: mean cosine similarity over all (generated, reference) pairs."""
-    g, r = clip.encode_images(generated), clip.encode_images(references)
-    return float((g @ r.T).mean())
+    return mean_similarity(clip.encode_images(generated), clip.encode_images(references))
+
+
+def mean_similarity(features_a, features_b) -> float:
+    """Mean cosine over all pairs of two sets of L2-normalised embeddings (CLIP-I, DINO)."""
+    return float((features_a @ features_b.T).mean())
 
 
 def memorisation(clip, generated, training, threshold: float = 0.95) -> dict[str, float]:
     """For each generated image its highest similarity to any training image; the share above
     ``threshold`` is the share of (near-)copies."""
-    nearest = (clip.encode_images(generated) @ clip.encode_images(training).T).max(dim=1).values
+    return nearest_neighbours(clip.encode_images(generated), clip.encode_images(training), threshold)
+
+
+def nearest_neighbours(generated_features, training_features, threshold: float = 0.95) -> dict[str, float]:
+    """``memorisation`` on embeddings already computed (the evaluator encodes training images once)."""
+    nearest = (generated_features @ training_features.T).max(dim=1).values
     return {
         "nearest_mean": float(nearest.mean()),
         "nearest_max": float(nearest.max()),

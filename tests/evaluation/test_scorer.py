@@ -10,7 +10,7 @@ import torch
 
 
 def test_isolated_rng_leaves_every_global_generator_where_it_was():
-    from sdexp.evaluation.scorer import isolated_rng
+    from sdexp.rng import isolated_rng
 
     torch.manual_seed(1), np.random.seed(1), random.seed(1)
     expected = (torch.rand(3), np.random.rand(3), random.random())
