@@ -19,7 +19,12 @@ from sdexp.errors import EXIT_USER_ERROR, UserError, report_and_exit
 from sdexp.quiet import quiet_environment, quiet_libraries
 
 # Modules whose import registers further subcommands (kept lazy: imported only to build the parser).
-COMMAND_MODULES: tuple[str, ...] = ("sdexp.world.cli", "sdexp.pretrain.cli", "sdexp.evaluation.cli")
+COMMAND_MODULES: tuple[str, ...] = (
+    "sdexp.world.cli",
+    "sdexp.pretrain.cli",
+    "sdexp.evaluation.cli",
+    "sdexp.sweep.cli",
+)
 
 
 @dataclass

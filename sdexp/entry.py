@@ -19,12 +19,21 @@ def compose_run_config(overrides: list[str] | tuple[str, ...] = (), config_name:
     Sweeps, the demo and tests build runs through this, so they see exactly what run.py sees.
     """
     from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException, MissingConfigException
+    from omegaconf.errors import OmegaConfBaseException
 
-    from sdexp.config import register_schemas, to_run_config
+    from sdexp.config import describe_omegaconf_error, register_schemas, to_run_config
+    from sdexp.errors import ConfigError
 
     register_schemas()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name=config_name, overrides=list(overrides))
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            cfg = compose(config_name=config_name, overrides=list(overrides))
+    except MissingConfigException as err:
+        raise ConfigError(missing_option_message(err, CONF_DIR)) from None
+    except (HydraException, OmegaConfBaseException) as err:
+        cause = err.__cause__ if isinstance(err.__cause__, OmegaConfBaseException) else err
+        raise ConfigError(describe_omegaconf_error(cause)) from None
     return to_run_config(cfg)
 
 

@@ -61,8 +61,34 @@ def _build_logger(logger_cfg, config: dict, run_dir: Path, notify):
     return MultiLogger(loggers), loggers[1] if len(loggers) > 1 else None
 
 
-def train_run(cfg: RunConfig, run_dir: str | Path, *, notify=print) -> RunResult:
-    """Train one run into ``run_dir`` and return where things went."""
+def preflight(cfg: RunConfig) -> None:
+    """What a run checks before it loads a model, for runs that start later (a sweep's trials):
+    the data scans, the model resolves, and the objectives can be measured."""
+    from sdexp.evaluation.config import objective_metric_names
+    from sdexp.evaluation.scorer import resolve_clip_spec
+    from sdexp.methods import build_module
+    from sdexp.models.loading import resolve_model_dir
+
+    module = build_module(cfg)
+    module.load_data()
+    model_ref = cfg.model.path or cfg.model.name
+    resolve_model_dir(model_ref)
+    names = objective_metric_names(cfg.eval)
+    needs_eval = sorted(m for m in names if not m.startswith("val/"))
+    if needs_eval and not cfg.eval.enabled:
+        raise ConfigError(f"eval.objectives: {needs_eval[0]} needs evaluation; set eval.enabled=true")
+    if needs_eval and resolve_clip_spec(cfg.eval.clip, model_ref) is None:
+        raise ConfigError(
+            f"eval.clip: the objectives need {needs_eval[0]}, but {model_ref} has no CLIP of its own; "
+            "set eval.clip=open_clip:MODEL:TAG (or a local weights file)"
+        )
+    if any(m.startswith("val/") for m in names) and not module.val_batches_expected():
+        raise ConfigError("eval.objectives: a val/* objective needs validation; set data.val_images > 0")
+
+
+def train_run(cfg: RunConfig, run_dir: str | Path, *, notify=print, callbacks=()) -> RunResult:
+    """Train one run into ``run_dir`` and return where things went; ``callbacks`` join the
+    trainer's (a sweep's pruning callback does)."""
     from sdexp.evaluation.setup import build_scoring
     from sdexp.methods import build_module
     from sdexp.models.loading import resolve_model_dir
@@ -84,7 +110,7 @@ def train_run(cfg: RunConfig, run_dir: str | Path, *, notify=print) -> RunResult
         raise ConfigError(
             "train.early_stopping.patience: early stopping needs validation; set data.val_images > 0"
         )
-    trainer = Trainer.from_config(t, run_dir)  # checks the device before the folder exists
+    trainer = Trainer.from_config(t, run_dir, callbacks=list(callbacks))  # checks the device first
     scoring = build_scoring(cfg, module, run_dir, trainer.device, notify)
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir)
@@ -180,7 +206,8 @@ def fit_and_record(
         )
     logger.log_summary(summary)
     logger.finish(exit_code=0)
-    wall = time.time() - started
+    ended = time.time()
+    wall = ended - started
     scored = {}
     if scoring is not None:
         scored = {
@@ -195,6 +222,11 @@ def fit_and_record(
         stop_reason=state.stop_reason,
         wall_seconds=round(wall, 3),
         train_seconds=round(state.train_seconds, 3),
+        timings={  # what a trial costs beyond its steps: set-up before step 1, teardown after the last
+            "setup": round(state.loop_started - started, 3),
+            "loop": round(state.loop_ended - state.loop_started, 3),
+            "teardown": round(ended - state.loop_ended, 3),
+        },
         device=str(trainer.device),
         final={"train": state.last_logs, "val": state.last_val},
         checkpoints=state.checkpoints,

@@ -42,6 +42,8 @@ class TrainerState:
     stop_reason: str | None = None
     started_at: float = 0.0
     train_seconds: float = 0.0
+    loop_started: float = 0.0  # wall clock (time.time) at the first step and after the last
+    loop_ended: float = 0.0
 
 
 class Trainer:
@@ -128,6 +130,7 @@ class Trainer:
         state.started_at = time.perf_counter()
         self._run_validation()  # step 0: the base, before callbacks start (scoring reads it)
         self._call("on_train_start")
+        state.loop_started = time.time()
         loss_sum, micro = 0.0, 0
         while state.step < self.max_steps and not self.should_stop:
             module.on_train_epoch_start(state.epoch)
@@ -166,6 +169,7 @@ class Trainer:
                 if state.step >= self.max_steps or self.should_stop:
                     break
             state.epoch += 1
+        state.loop_ended = time.time()
         if state.stop_reason is None:
             state.stop_reason = "max_steps" if state.step >= self.max_steps else "stopped"
         if state.last_val.get("step") != state.step:

@@ -21,6 +21,7 @@ from sdexp.evaluation.objective import Score, score_all
 from sdexp.rng import isolated_rng
 
 BEST_DIR, BEST_FILE = "best", "best.json"
+_BASE_SCORES: dict[str, tuple[dict, object]] = {}  # evaluator signature + weight dtype -> (metrics, images)
 
 
 def copy_checkpoint(source: Path, dest: Path) -> None:
@@ -67,13 +68,21 @@ class CheckpointScoring(Callback):
     # ----- scoring ------------------------------------------------------------------------
     def _evaluate(self, trainer, module) -> dict:
         started = time.perf_counter()
-        with isolated_rng(trainer.device), module.inference_pipeline(self.evaluator.cfg.sampler) as pipe:
-            result = self.evaluator.evaluate(pipe)
+        step = trainer.state.step
+        key = None
+        if step == 0:  # the base: scored once per process for the same evaluation (a sweep's trials)
+            key = f"{self.evaluator.signature()}-{getattr(module, 'weight_dtype', '')}"
+        if key in _BASE_SCORES:
+            result = _BASE_SCORES[key]
+        else:
+            with isolated_rng(trainer.device), module.inference_pipeline(self.evaluator.cfg.sampler) as pipe:
+                result = self.evaluator.evaluate(pipe)
+            if key is not None:
+                _BASE_SCORES[key] = result
         seconds = time.perf_counter() - started
         self.eval_seconds += seconds
-        if trainer.state.step > 0:
+        if step > 0:
             self.checkpoint_seconds.append(seconds)
-        step = trainer.state.step
         if self.evaluator.cfg.save_images:
             self.logger.log_images("eval/subject", result.subject, step=step, captions=result.subject_prompts)
             if result.prior:

@@ -132,6 +132,28 @@ class Evaluator:
             return self.inception(images)
         return image_features(self.clip, images)
 
+    def signature(self) -> str:
+        """What the base's scores depend on: the same signature gives the same step-0 scores, so
+        a sweep's trials score the base once (every fine-tune starts as its base)."""
+        import hashlib
+        import json
+        from dataclasses import asdict
+
+        from sdexp.models.fingerprint import model_fingerprint
+        from sdexp.models.loading import resolve_model_dir
+
+        cfg = {k: v for k, v in asdict(self.cfg).items() if k != "objectives"}
+        key = {
+            "base": model_fingerprint(resolve_model_dir(self.base_model)),
+            "eval": cfg,
+            "references": self._reference_clip.sum().item(),
+            "training": self._training_clip.sum().item() if self._training_clip is not None else None,
+            "prompts": self.subject_prompts,
+            "size": self.size,
+            "device": str(self.device),
+        }
+        return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
     def generate(self, pipe, prompts: list[str], seeds: list[int]) -> list:
         out = []
         for i in range(0, len(prompts), self.cfg.batch_size):

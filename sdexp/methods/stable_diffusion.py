@@ -73,7 +73,7 @@ class StableDiffusionModule(TrainingModule):
         cfg = self.cfg
         if self.train_dataset is None:
             self.load_data()
-        weight_dtype = resolve_weight_dtype(cfg.model.dtype, cfg.train.mixed_precision)
+        weight_dtype = self.weight_dtype = resolve_weight_dtype(cfg.model.dtype, cfg.train.mixed_precision)
         model_ref = cfg.model.path or cfg.model.name
         self.base = load_base(
             model_ref,

@@ -190,8 +190,19 @@ def _load_sdexp_clip(model_dir: Path, device) -> ClipModel:
     )
 
 
+_LOADED: dict[tuple[str, str], ClipModel] = {}
+
+
 def load_clip(spec: str | Path, device: str | torch.device = "cpu") -> ClipModel:
-    """A CLIP by spec (see the module docstring)."""
+    """A CLIP by spec (see the module docstring). A judge is frozen and only ever run in eval mode,
+    so one per (spec, device) is kept for the process: a sweep's trials share it."""
+    key = (str(spec), str(torch.device(device)))
+    if key not in _LOADED:
+        _LOADED[key] = _load_clip(spec, device)
+    return _LOADED[key]
+
+
+def _load_clip(spec: str | Path, device: str | torch.device) -> ClipModel:
     from sdexp.models.loading import resolve_model_dir
 
     if str(spec).startswith("open_clip:"):

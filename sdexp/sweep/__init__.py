@@ -1,0 +1,1 @@
+"""Sweeps: Optuna studies over run configs (definitions, trials, storage, best, reports)."""

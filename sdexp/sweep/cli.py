@@ -1,0 +1,180 @@
+"""`sdexp sweep` and `sdexp best`.
+
+sdexp sweep sweeps/demo.yaml [overrides...] [--out DIR] [--storage URL] [--n-trials N]
+sdexp best sweeps-out/demo [--export DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+from sdexp.cli import arg, subcommand
+from sdexp.errors import ConfigError, UserError
+
+
+@subcommand(
+    "sweep",
+    help="run (or resume) an Optuna sweep over run configs: one run folder per trial, best checkpoint at the end",
+    args=[
+        arg("definition", metavar="SWEEP_YAML", type=Path, help="a sweep definition, e.g. sweeps/demo.yaml"),
+        arg(
+            "overrides",
+            nargs="*",
+            help="run-config overrides for every trial, e.g. model.path=... data.dir=...",
+        ),
+        arg(
+            "--out",
+            type=Path,
+            default=None,
+            help="sweep folder (default sweeps-out/<name>); the same folder resumes",
+        ),
+        arg(
+            "--storage",
+            default=None,
+            help="Optuna storage: sqlite:///…, postgresql://…, or journal:PATH "
+            "(default: SQLite in the sweep folder)",
+        ),  # fmt: skip
+        arg("--n-trials", type=int, default=None, help="override the definition's n_trials"),
+        arg("--timeout-minutes", type=float, default=None, help="stop starting trials after this long"),
+        arg("--no-report", action="store_true", help="do not write the HTML report at the end"),
+    ],
+)
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from sdexp.quiet import quiet_libraries
+    from sdexp.sweep.definition import load_definition
+    from sdexp.sweep.runner import SweepRunner
+
+    quiet_libraries()
+    definition = load_definition(args.definition)
+    if args.n_trials is not None:
+        if args.n_trials < 1:
+            raise ConfigError("--n-trials: must be >= 1")
+        if definition.sampler_name == "grid" and args.n_trials != definition.n_trials:
+            raise ConfigError(f"--n-trials: the grid has {definition.n_trials} points")
+        definition.n_trials = args.n_trials
+    out = (args.out or Path("sweeps-out") / definition.name).expanduser()
+    runner = SweepRunner(definition, out, extra_overrides=list(args.overrides), storage=args.storage)
+    info, study = runner.prepare()
+    print(f"sweep folder: {runner.sweep_dir}\nstudy: {info.study_name} in {info.storage}")
+    try:
+        outcome = runner.run(timeout_minutes=args.timeout_minutes)
+    except KeyboardInterrupt:
+        print(
+            "\nstopped; the running trial will be rerun: run the same command again to resume",
+            file=sys.stderr,
+        )
+        return 130
+    print(f"trials: {outcome.completed} complete, {outcome.pruned} pruned, {outcome.failed} failed")
+    print_best(runner.sweep_dir)
+    if not args.no_report:
+        try:
+            from analysis.report import write_report
+        except ImportError:
+            print(f"report: run `python -m analysis.report {runner.sweep_dir}` from an sdexp checkout")
+        else:
+            print(f"report: {write_report(runner.sweep_dir)}")
+    from sdexp.sweep.summary import log_sweep_summary
+
+    log_sweep_summary(runner)
+    return 0
+
+
+def best_rows(sweep_dir: Path) -> tuple[object, list[dict]]:
+    """(SweepInfo, one dict per best trial: number, params, objectives, checkpoint, run folder)."""
+    from sdexp.sweep.best import best_trials
+    from sdexp.sweep.layout import load_study
+
+    info, study = load_study(sweep_dir)
+    rows = []
+    for t in best_trials(info, study):
+        run_dir = Path(sweep_dir) / t.user_attrs.get("run_dir", "")
+        rows.append(
+            {
+                "trial": t.number,
+                "params": t.params,
+                "objectives": dict(zip(info.objectives, t.values, strict=True)),
+                "feasible": float(t.user_attrs.get("violation", 0.0) or 0.0) == 0.0,
+                "checkpoint": t.user_attrs.get("best_checkpoint"),
+                "step": t.user_attrs.get("best_step"),
+                "run_dir": str(run_dir),
+                "best_dir": str(run_dir / "best"),
+                "metrics": t.user_attrs.get("metrics") or {},
+            }
+        )
+    return info, rows
+
+
+def print_best(sweep_dir: Path) -> list[dict]:
+    info, rows = best_rows(sweep_dir)
+    if not rows:
+        print("no trial has completed yet")
+        return rows
+    title = "best trial" if len(info.objectives) == 1 else f"Pareto set ({len(rows)} trials)"
+    print(
+        f"{title} by {', '.join(f'{o} ({d})' for o, d in zip(info.objectives, info.directions, strict=True))}:"
+    )
+    for r in rows:
+        params = " ".join(
+            f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in r["params"].items()
+        )
+        values = ", ".join(f"{k} {v:.4g}" for k, v in r["objectives"].items())
+        flag = "" if r["feasible"] else " (no trial met the constraints; this one is closest)"
+        print(
+            f"  trial {r['trial']}: {values}{flag}\n    {params}\n    best checkpoint: {r['checkpoint']} (step {r['step']}) -> {r['best_dir']}"
+        )
+    return rows
+
+
+@subcommand(
+    "best",
+    help="name a sweep's best trial and checkpoint (or its Pareto set); --export copies it out",
+    args=[
+        arg("sweep_dir", metavar="SWEEP_DIR", type=Path),
+        arg(
+            "--export",
+            type=Path,
+            default=None,
+            help="copy the best checkpoint (LoRA files, config, scores) here",
+        ),
+        arg("--json", action="store_true", help="print JSON"),
+    ],
+)
+def cmd_best(args: argparse.Namespace) -> int:
+    if args.json:
+        _, rows = best_rows(args.sweep_dir)
+        print(json.dumps(rows, indent=2, default=str))
+    else:
+        rows = print_best(args.sweep_dir)
+    if args.export is not None:
+        if not rows:
+            raise UserError(f"{args.sweep_dir}: no completed trial to export")
+        export(rows[0], args.export)
+        print(f"exported trial {rows[0]['trial']}'s {rows[0]['checkpoint']} to {args.export}")
+    return 0
+
+
+def export(row: dict, dest: Path) -> None:
+    """The trial's best/ checkpoint plus its config, best.json and the trial's parameters."""
+    from sdexp.atomic import write_json_atomic
+
+    dest = dest.expanduser()
+    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+        raise UserError(f"--export: {dest} exists and is not empty; choose a new folder")
+    best_dir = Path(row["best_dir"])
+    if not best_dir.is_dir():
+        raise UserError(f"{best_dir} is missing; the trial's run folder was moved or deleted")
+    staging = dest.parent / f".{dest.name}.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(best_dir, staging)
+    run_dir = Path(row["run_dir"])
+    for name in ("config.yaml", "best.json"):
+        if (run_dir / name).is_file():
+            shutil.copy2(run_dir / name, staging / name)
+    write_json_atomic(staging / "trial.json", {k: v for k, v in row.items() if k != "metrics"})
+    if dest.exists():
+        dest.rmdir()
+    staging.rename(dest)

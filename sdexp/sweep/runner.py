@@ -1,0 +1,431 @@
+"""`sdexp sweep`: drive an Optuna study over run configs with ask/tell, one run folder per trial.
+
+The loop is ours rather than ``study.optimize`` so that the trial count is exact across restarts
+and workers: under a lock in the sweep folder each worker counts finished and running trials
+before asking for a new one. Grid points are enqueued once, when the study is created. A failed
+trial (exception, NaN, out of memory, a sampled value the config rejects) is told FAIL with its
+reason and the sweep goes on; Ctrl-C fails the running trial, enqueues its parameters again and
+stops, so the next invocation reruns it. With an RDB storage each running trial sends heartbeats;
+a trial whose worker was killed is failed after 4 silent heartbeats and retried with the same
+parameters (Optuna's RetryFailedTrialCallback).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from sdexp.callbacks.base import Callback
+from sdexp.errors import ConfigError, UserError
+from sdexp.sweep.definition import SweepDefinition, check_composes, format_value
+from sdexp.sweep.layout import (
+    DEFINITION_FILE,
+    SweepInfo,
+    default_storage,
+    open_storage,
+    read_sweep_info,
+    trial_dir,
+    write_sweep_info,
+)
+
+LOCK_FILE = ".sweep.lock"
+
+
+def quiet_optuna() -> None:
+    """Optuna's per-trial INFO lines duplicate ours; its warnings about ask/tell with heartbeats
+    (we send them ourselves) and experimental flags say nothing a user can act on."""
+    import warnings
+
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings(
+        "ignore", message="Heartbeat of storage is supposed to be used with Study.optimize"
+    )
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+
+class TrialPruning(Callback):
+    """Reports the trial's running best objective at each scored checkpoint; stops it when the
+    pruner says so (the run still writes its final checkpoint and is scored like any other)."""
+
+    def __init__(self, trial, objective: str):
+        self.trial, self.objective = trial, objective
+        self.pruned_step: int | None = None
+
+    def on_checkpoint_scored(self, trainer, module, metrics: dict) -> None:
+        from sdexp.callbacks.scoring import CheckpointScoring
+
+        step = trainer.state.step
+        if step == 0 or trainer.should_stop:
+            return
+        scoring = next((cb for cb in trainer.callbacks if isinstance(cb, CheckpointScoring)), None)
+        best = scoring.best if scoring is not None else None
+        value = best["objectives"][self.objective] if best else metrics[f"objective/{self.objective}"]
+        self.trial.report(float(value), step)
+        if self.trial.should_prune():
+            trainer.should_stop = True
+            self.pruned_step = step
+            trainer.state.stop_reason = f"pruned at step {step} (objective/{self.objective} = {value:.6g})"
+
+
+class Heartbeat:
+    """Records a trial's heartbeat every ``interval`` seconds while it runs (RDB storages)."""
+
+    def __init__(self, storage, trial_id: int, interval: float):
+        self.storage, self.trial_id, self.interval = storage, trial_id, interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, daemon=True)
+
+    def _beat(self) -> None:
+        while not self._stop.is_set():
+            self.storage.record_heartbeat(self.trial_id)
+            self._stop.wait(self.interval)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def make_sampler(definition: SweepDefinition, multi: bool, worker: int = 0):
+    """The definition's sampler. Worker k of a study (k-th invocation on it) seeds with seed + k:
+    workers sharing a seed would propose the same parameters; a fresh single worker stays
+    reproducible."""
+    import optuna
+
+    spec = dict(definition.sampler)
+    name = spec.pop("name")
+    if spec.get("seed") is not None:
+        spec["seed"] = int(spec["seed"]) + worker
+    constraints = lambda t: [float(t.user_attrs.get("violation", 0.0) or 0.0)]  # noqa: E731
+    try:
+        if name in ("grid", "random"):  # grid points are enqueued; random draws what is left
+            return optuna.samplers.RandomSampler(**spec)
+        if name == "tpe":
+            spec.setdefault("constraints_func", constraints)
+            return optuna.samplers.TPESampler(**spec)
+        if name == "qmc":
+            return optuna.samplers.QMCSampler(**spec)
+        if name == "nsga2":
+            spec.setdefault("constraints_func", constraints)
+            return optuna.samplers.NSGAIISampler(**spec)
+    except TypeError as err:
+        raise ConfigError(f"sampler: {err}") from None
+    raise ConfigError(f"sampler.name: {name!r} is not supported")
+
+
+def make_pruner(definition: SweepDefinition, multi: bool):
+    import optuna
+
+    spec = dict(definition.pruner)
+    name = spec.pop("name")
+    if name != "none" and multi:
+        raise ConfigError("pruner: Optuna cannot prune multi-objective studies; set pruner: none")
+    classes = {
+        "none": optuna.pruners.NopPruner,
+        "median": optuna.pruners.MedianPruner,
+        "percentile": optuna.pruners.PercentilePruner,
+        "hyperband": optuna.pruners.HyperbandPruner,
+        "successive_halving": optuna.pruners.SuccessiveHalvingPruner,
+    }
+    try:
+        return classes[name](**spec)
+    except TypeError as err:
+        raise ConfigError(f"pruner: {err}") from None
+
+
+@contextlib.contextmanager
+def folder_lock(sweep_dir: Path):
+    """Serialises study creation and trial claiming between workers that share the sweep folder."""
+    with open(sweep_dir / LOCK_FILE, "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@dataclass
+class SweepOutcome:
+    completed: int
+    pruned: int
+    failed: int
+    stopped: str  # why this invocation ended
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return f"{type(err).__name__}: {(text.splitlines()[0] if text else '')[:300]}"
+
+
+class SweepRunner:
+    def __init__(
+        self,
+        definition: SweepDefinition,
+        sweep_dir: str | Path,
+        *,
+        extra_overrides: list[str] = (),
+        storage: str | None = None,
+        notify=print,
+    ):
+        self.definition, self.extra = definition, list(extra_overrides)
+        self.sweep_dir = Path(sweep_dir).resolve()
+        self.requested_storage = storage
+        self.notify = notify
+
+    # ----- set-up ---------------------------------------------------------------------------
+    def _fingerprint(self) -> str:
+        d = self.definition
+        text = json.dumps(
+            {"space": {k: asdict(v) for k, v in d.space.items()}, "sampler": d.sampler, "pruner": d.pruner,
+             "overrides": d.overrides + self.extra, "objectives": d.objectives},
+            sort_keys=True, default=str,
+        )  # fmt: skip
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def prepare(self):
+        """Check everything, then create or reopen the study; returns (info, study)."""
+        import optuna
+
+        from sdexp.run import preflight
+
+        quiet_optuna()
+        d = self.definition
+        base = check_composes(d, self.extra)
+        preflight(base)  # data, model and judges exist before the first trial
+        names = [o.name for o in base.eval.objectives]
+        chosen = d.objectives or names
+        unknown = [n for n in chosen if n not in names]
+        if unknown:
+            raise ConfigError(
+                f"objectives: {unknown[0]!r} is not among the run's eval.objectives ({', '.join(names)})"
+            )
+        directions = [next(o.direction for o in base.eval.objectives if o.name == n) for n in chosen]
+        if len(chosen) > 1 and d.objectives is None and len(names) > 1:
+            self.notify(
+                f"{len(chosen)} objectives ({', '.join(chosen)}): a multi-objective study (Pareto front)"
+            )
+        self.sweep_dir.mkdir(parents=True, exist_ok=True)
+        with folder_lock(self.sweep_dir):
+            info = self._info(chosen, directions)
+            storage = open_storage(info.storage, d.heartbeat_seconds)
+            multi = len(directions) > 1
+            study = optuna.create_study(
+                study_name=info.study_name,
+                storage=storage,
+                directions=directions,
+                pruner=make_pruner(d, multi),
+                load_if_exists=True,
+            )
+            worker = int(study.user_attrs.get("workers", 0))
+            study.set_user_attr("workers", worker + 1)
+            study.sampler = make_sampler(d, multi, worker)
+            if d.sampler_name == "grid" and not study.user_attrs.get("grid_enqueued"):
+                for params in d.grid():
+                    study.enqueue_trial(params)
+                study.set_user_attr("grid_enqueued", True)
+        self.info, self.study, self.base, self.storage = info, study, base, storage
+        return info, study
+
+    def _info(self, objectives: list[str], directions: list[str]) -> SweepInfo:
+        import yaml
+
+        d = self.definition
+        fingerprint = self._fingerprint()
+        if (self.sweep_dir / "sweep.json").exists():
+            info = read_sweep_info(self.sweep_dir)
+            if info.extra.get("fingerprint") != fingerprint:
+                raise UserError(
+                    f"{self.sweep_dir} holds study {info.study_name!r} of a different sweep definition or overrides; "
+                    "resume with the same ones, or pass a new --out"
+                )
+            if self.requested_storage and self.requested_storage != info.storage:
+                raise UserError(
+                    f"--storage: this sweep's study lives in {info.storage}; pass that, or a new --out"
+                )
+            return info
+        info = SweepInfo(
+            name=d.name,
+            study_name=d.name,
+            storage=self.requested_storage or default_storage(self.sweep_dir),
+            objectives=objectives,
+            directions=directions,
+            n_trials=d.n_trials,
+            extra={"fingerprint": fingerprint, "overrides": d.overrides + self.extra},
+        )
+        definition = {"name": d.name, "overrides": d.overrides + self.extra, "space": {k: _plain(v) for k, v in d.space.items()},
+                      "sampler": d.sampler, "pruner": d.pruner, "n_trials": d.n_trials,
+                      "timeout_minutes": d.timeout_minutes, "objectives": objectives}  # fmt: skip
+        (self.sweep_dir / DEFINITION_FILE).write_text(yaml.safe_dump(definition, sort_keys=False))
+        write_sweep_info(self.sweep_dir, info)
+        return info
+
+    # ----- the loop -------------------------------------------------------------------------
+    def _counts(self) -> dict:
+        from optuna.trial import TrialState
+
+        counts = {s: 0 for s in TrialState}
+        for t in self.study.get_trials(deepcopy=False):
+            counts[t.state] += 1
+        return counts
+
+    def _claim(self):
+        """A new trial to run, or None with the reason the sweep is done (under the folder lock)."""
+        import optuna
+        from optuna.trial import TrialState
+
+        waited = 0.0
+        while True:
+            with folder_lock(self.sweep_dir):
+                optuna.storages.fail_stale_trials(self.study)  # a no-op without heartbeats
+                c = self._counts()
+                done = c[TrialState.COMPLETE] + c[TrialState.PRUNED]
+                if done >= self.info.n_trials:
+                    return None, f"{done} of {self.info.n_trials} trials finished"
+                if (
+                    self.definition.sampler_name == "grid"
+                    and c[TrialState.WAITING] == 0
+                    and c[TrialState.RUNNING] == 0
+                ):
+                    return None, "every grid point has run"
+                if done + c[TrialState.RUNNING] < self.info.n_trials and (
+                    self.definition.sampler_name != "grid" or c[TrialState.WAITING] > 0
+                ):
+                    return self.study.ask(), None
+            # Every remaining slot is held by a running trial: another worker's, or one whose
+            # worker died (failed after the grace period, then retried). Wait for either.
+            grace = 4 * self.definition.heartbeat_seconds + self.definition.heartbeat_seconds
+            if waited > grace:
+                return None, f"{c[TrialState.RUNNING]} trials are still running in other workers"
+            time.sleep(min(self.definition.heartbeat_seconds, 5))
+            waited += min(self.definition.heartbeat_seconds, 5)
+
+    def run(self, *, timeout_minutes: float | None = None) -> SweepOutcome:
+        import optuna
+        from optuna.trial import TrialState
+
+        d = self.definition
+        timeout = timeout_minutes if timeout_minutes is not None else d.timeout_minutes
+        deadline = time.time() + 60 * timeout if timeout else None
+        max_failures = d.max_failures or self.info.n_trials
+        failures = 0
+        stopped = ""
+        while True:
+            if deadline and time.time() >= deadline:
+                stopped = f"time budget of {timeout:g} minutes spent"
+                break
+            if failures >= max_failures:
+                stopped = f"{failures} trials failed in this invocation (max_failures)"
+                break
+            trial, stopped = self._claim()
+            if trial is None:
+                break
+            state = self._run_trial(trial)
+            if state == TrialState.FAIL:
+                failures += 1
+        c = self._counts()
+        self.notify(f"sweep {self.info.name}: {stopped}")
+        del optuna
+        return SweepOutcome(c[TrialState.COMPLETE], c[TrialState.PRUNED], c[TrialState.FAIL], stopped)
+
+    def _run_trial(self, trial):
+        import optuna
+        from optuna.trial import TrialState
+
+        from sdexp.entry import compose_run_config
+        from sdexp.run import train_run
+
+        d, info = self.definition, self.info
+        number = trial.number
+        run_dir = trial_dir(self.sweep_dir, number)
+        trial.set_user_attr("run_dir", str(run_dir.relative_to(self.sweep_dir)))
+        started = time.time()
+        pruning = TrialPruning(trial, info.objectives[0]) if len(info.objectives) == 1 else None
+        beat = (  # the study wraps its storage in a cache; heartbeats go to the RDB storage itself
+            Heartbeat(self.storage, trial._trial_id, d.heartbeat_seconds)
+            if isinstance(self.storage, optuna.storages.RDBStorage)
+            else contextlib.nullcontext()
+        )
+        try:
+            with beat:
+                params = {key: spec.suggest(trial) for key, spec in d.space.items()}
+                self.notify(
+                    f"trial {number}: " + " ".join(f"{k}={format_value(v)}" for k, v in params.items())
+                )
+                overrides = [
+                    *d.overrides,
+                    *self.extra,
+                    *(f"{k}={format_value(v)}" for k, v in params.items()),
+                    f"logger.group={info.study_name}",
+                    f"logger.run_name={info.study_name}-{number:04d}",
+                    f"logger.tags=[sweep,{info.study_name}]",
+                ]
+                cfg = compose_run_config(overrides)
+                result = train_run(cfg, run_dir, notify=self.notify, callbacks=[pruning] if pruning else [])
+        except KeyboardInterrupt:
+            trial.set_user_attr(
+                "error", "KeyboardInterrupt: stopped by the user; the next invocation reruns it"
+            )
+            self.study.tell(trial, state=TrialState.FAIL)
+            self.study.enqueue_trial(trial.params, user_attrs={"retry_of": number})
+            raise
+        except Exception as err:  # a failed trial never takes the sweep down
+            trial.set_user_attr("error", _first_line(err))
+            self.notify(f"trial {number} failed: {_first_line(err)}")
+            _free_accelerator_memory()
+            self.study.tell(trial, state=TrialState.FAIL)
+            return TrialState.FAIL
+        best = result.best or {}
+        run = json.loads((result.run_dir / "run.json").read_text())
+        timings = run.get("timings", {})
+        evaluation = (run.get("evaluation") or {}).get("seconds", 0.0)
+        trial.set_user_attr("best_checkpoint", best.get("checkpoint"))
+        trial.set_user_attr("best_step", best.get("step"))
+        trial.set_user_attr("objectives", best.get("objectives"))
+        trial.set_user_attr("metrics", best.get("metrics"))
+        violation = 0.0
+        if best.get("metrics"):
+            violation = float(best["metrics"].get(f"objective/{info.objectives[0]}/violation", 0.0))
+        trial.set_user_attr("violation", violation)
+        trial.set_user_attr(
+            "seconds",
+            {**timings, "eval": evaluation, "total": round(time.time() - started, 3)},
+        )
+        if pruning is not None and pruning.pruned_step is not None:
+            trial.set_user_attr("pruned_step", pruning.pruned_step)
+            self.study.tell(trial, state=TrialState.PRUNED)
+            self.notify(f"trial {number} pruned at step {pruning.pruned_step}")
+            return TrialState.PRUNED
+        if not best.get("objectives"):
+            trial.set_user_attr("error", "RuntimeError: the run produced no objective (no scored checkpoint)")
+            self.study.tell(trial, state=TrialState.FAIL)
+            return TrialState.FAIL
+        values = [float(best["objectives"][name]) for name in info.objectives]
+        self.study.tell(trial, values[0] if len(values) == 1 else values)
+        self.notify(f"trial {number}: " + ", ".join(f"{n} {v:.4g}" for n, v in zip(info.objectives, values, strict=True))
+                    + f" at {best.get('checkpoint')}" + ("" if violation == 0 else f" (violates constraints by {violation:.3g})"))  # fmt: skip
+        return TrialState.COMPLETE
+
+
+def _plain(spec) -> dict:
+    return {k: v for k, v in asdict(spec).items() if v is not None and k != "key" and v is not False}
+
+
+def _free_accelerator_memory() -> None:
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
