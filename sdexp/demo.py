@@ -1,11 +1,12 @@
-"""`make demo`: teach the built-in `tiny_shapes` model a new concept with LoRA, and measure it.
+"""`make demo`: find how to teach the built-in `tiny_shapes` model a new concept, by a sweep.
 
 The concept is a red-and-white striped star ("sks star"), which the base has never seen (every
-shape it knows is one solid colour). The demo goes through the doors a person uses (run.py with
-Hydra overrides, `sdexp generate`, `sdexp inspect`). The run scores the base and every checkpoint
-(`eval=shapes`): concept similarity (CLIP-I to the instance images, by the tiny_shapes CLIP),
+shape it knows is one solid colour). The demo goes through the doors a person uses: `sdexp sweep
+sweeps/demo.yaml` (six TPE trials over learning rate and LoRA rank, hopeless ones pruned at their
+scored checkpoints), `sdexp best --export`, `sdexp generate`. Every checkpoint of every trial is
+scored (`eval=shapes`): concept similarity (CLIP-I to the instance images, by the tiny_shapes CLIP),
 prompt fidelity, nearness to the training images, and forgetting on ordinary prompts against the
-base's images; best/ holds the checkpoint with the best objective.
+base's images; the objective is concept similarity with prior prompts losing at most 1 point.
 """
 
 from __future__ import annotations
@@ -18,15 +19,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-# One setting of the learning-rate scan in bench/concept_lr_scan.py (docs/tiny_shapes.md).
-RECIPE = [
-    "method.rank=8",
-    "method.targets=all",
-    "train.lr=1e-3",
-    "train.batch_size=4",
-    "train.scheduler=constant",
-]
-SAMPLE_PROMPTS = '["a sks star on a blue background","a green square on a yellow background"]'
 
 
 def _run(cmd: list[str]) -> None:
@@ -61,65 +53,48 @@ def print_scores(run_dir: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import json
+
     from sdexp.quiet import quiet_libraries
     from sdexp.world.shapes import write_concept
 
     quiet_libraries()
     argv = sys.argv[1:] if argv is None else argv
     out = Path(argv[0] if argv else "demo-out").resolve()
-    steps = int(argv[1]) if len(argv) > 1 else 150
     started = time.time()
-    for previous in ("data", "run", "generated", "grids"):  # the demo's own outputs from an earlier demo
+    for previous in ("data", "sweep", "best", "generated"):  # the demo's own outputs from an earlier demo
         shutil.rmtree(out / previous, ignore_errors=True)
     data = write_concept(out / "data", n=16, seed=0, concept="striped_star", token="sks")
     print(f"concept images: {data} (16 striped stars, captioned 'a sks star on a <colour> background')")
-    run_dir = out / "run"
     py = sys.executable
-    _run(
-        [
-            py,
-            "run.py",
-            "model=tiny_shapes",
-            f"data.dir={data}",
-            *RECIPE,
-            f"train.steps={steps}",
-            f"train.checkpoint_every={steps // 3}",
-            f"train.sample_prompts={SAMPLE_PROMPTS}",
-            "eval=shapes",
-            "logger=wandb",
-            "logger.group=demo",
-            f"hydra.run.dir={run_dir}",
-        ]
-    )
-    print("\nevery checkpoint scored by the tiny_shapes CLIP (eval=shapes; step 0 is the base model):")
-    best = print_scores(run_dir)
-    lora = run_dir / "best" / "lora.safetensors"
+    sweep = out / "sweep"
+    _run([py, "-m", "sdexp.cli", "sweep", "sweeps/demo.yaml", f"data.dir={data}", "--out", str(sweep)])
+    best_dir = out / "best"
+    _run([py, "-m", "sdexp.cli", "best", str(sweep), "--export", str(best_dir)])
+    trial = json.loads((best_dir / "trial.json").read_text())
+    print("\nthe best trial's checkpoints, scored by the tiny_shapes CLIP (step 0 is the base model):")
+    print_scores(Path(trial["run_dir"]))
+    lora = best_dir / "lora.safetensors"
     gen_dir = out / "generated"
     _run(
         [py, "-m", "sdexp.cli", "generate", "--model", "tiny_shapes", "--lora", str(lora), "--prompt",
          "a sks star on a purple background", "--seed", "1", "-n", "2", "--out", str(gen_dir)]
     )  # fmt: skip
-    _run([py, "-m", "sdexp.cli", "inspect", str(lora)])
-
-    import json
-
-    timing = json.loads((run_dir / "run.json").read_text())["evaluation"]
     print()
-    print(f"best checkpoint: {best['checkpoint']} (step {best['step']}), objective {best['objectives']['subject']:.3f} "
-          f"against {best['base']['objectives']['subject']:.3f} for the base")  # fmt: skip
-    print(f"evaluation took {timing['seconds']:.0f}s of the run ({timing['share_of_wall']:.0%}), "
-          f"{timing['seconds_per_checkpoint']:.1f}s per checkpoint")  # fmt: skip
     print(f"demo finished in {time.time() - started:.0f}s")
     print(f"  concept images (input, untouched): {data}")
-    print(f"  run folder:                  {run_dir}")
-    print(f"    composed config:           {run_dir / 'config.yaml'}")
-    print(f"    metrics (train, val, eval): {run_dir / 'metrics.jsonl'}")
-    print(f"    best checkpoint:           {run_dir / 'best'}  (scores in {run_dir / 'best.json'})")
+    print(f"  sweep folder:                {sweep}  (study.db, trials/NNNN/ run folders)")
+    print(f"  report:                      {sweep / 'report' / 'index.html'}")
+    print(f"  best checkpoint (exported):  {best_dir}")
     print(f"    kohya LoRA (ComfyUI/A1111): {lora}")
-    print(f"    diffusers LoRA:            {lora.parent / 'diffusers' / 'pytorch_lora_weights.safetensors'}")
-    print(f"    evaluation images:         {run_dir / 'samples'}")
-    print(f"    W&B offline run:           {run_dir / 'wandb'}  (upload with `wandb sync`)")
+    print(f"    diffusers LoRA:            {best_dir / 'diffusers' / 'pytorch_lora_weights.safetensors'}")
+    print(
+        f"  W&B offline runs:            {sweep / 'trials'}/*/wandb, grouped as 'demo'  (upload with `wandb sync`)"
+    )
     print(f"  generated images:            {gen_dir}")
+    print(
+        f"  the study in a browser:      pip install optuna-dashboard && optuna-dashboard sqlite:///{sweep / 'study.db'}"
+    )
     return 0
 
 

@@ -51,12 +51,25 @@ def quiet_optuna() -> None:
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 
+INFEASIBLE = 1e9  # pruners see numbers only: a checkpoint breaking a constraint reads this much worse
+
+
+def pruner_value(value: float, violation: float, direction: str) -> float:
+    """The running best objective as the pruner sees it: a feasible value as it is; an infeasible
+    one below (maximize) or above (minimize) every feasible value, ordered by its violation, as
+    checkpoints are ordered for best/."""
+    if violation <= 0:
+        return value
+    return -INFEASIBLE - violation if direction == "maximize" else INFEASIBLE + violation
+
+
 class TrialPruning(Callback):
     """Reports the trial's running best objective at each scored checkpoint; stops it when the
     pruner says so (the run still writes its final checkpoint and is scored like any other)."""
 
-    def __init__(self, trial, objective: str):
-        self.trial, self.objective = trial, objective
+    def __init__(self, trial, objective: str, direction: str):
+        self.trial, self.objective, self.direction = trial, objective, direction
+        self.violation_key = f"objective/{objective}/violation"
         self.pruned_step: int | None = None
 
     def on_checkpoint_scored(self, trainer, module, metrics: dict) -> None:
@@ -67,8 +80,17 @@ class TrialPruning(Callback):
             return
         scoring = next((cb for cb in trainer.callbacks if isinstance(cb, CheckpointScoring)), None)
         best = scoring.best if scoring is not None else None
-        value = best["objectives"][self.objective] if best else metrics[f"objective/{self.objective}"]
-        self.trial.report(float(value), step)
+        if best:
+            value, violation = (
+                best["objectives"][self.objective],
+                float(best["metrics"].get(self.violation_key, 0.0)),
+            )
+        else:
+            value, violation = (
+                metrics[f"objective/{self.objective}"],
+                float(metrics.get(self.violation_key, 0.0)),
+            )
+        self.trial.report(pruner_value(float(value), violation, self.direction), step)
         if self.trial.should_prune():
             trainer.should_stop = True
             self.pruned_step = step
@@ -107,17 +129,14 @@ def make_sampler(definition: SweepDefinition, multi: bool, worker: int = 0):
     name = spec.pop("name")
     if spec.get("seed") is not None:
         spec["seed"] = int(spec["seed"]) + worker
-    constraints = lambda t: [float(t.user_attrs.get("violation", 0.0) or 0.0)]  # noqa: E731
     try:
         if name in ("grid", "random"):  # grid points are enqueued; random draws what is left
             return optuna.samplers.RandomSampler(**spec)
         if name == "tpe":
-            spec.setdefault("constraints_func", constraints)
             return optuna.samplers.TPESampler(**spec)
         if name == "qmc":
             return optuna.samplers.QMCSampler(**spec)
         if name == "nsga2":
-            spec.setdefault("constraints_func", constraints)
             return optuna.samplers.NSGAIISampler(**spec)
     except TypeError as err:
         raise ConfigError(f"sampler: {err}") from None
@@ -253,6 +272,10 @@ class SweepRunner:
                 raise UserError(
                     f"--storage: this sweep's study lives in {info.storage}; pass that, or a new --out"
                 )
+            if d.n_trials != info.n_trials:  # e.g. --n-trials 20 on a finished 10-trial study: 10 more
+                self.notify(f"n_trials: {info.n_trials} -> {d.n_trials} for study {info.study_name}")
+                info.n_trials = d.n_trials
+                write_sweep_info(self.sweep_dir, info)
             return info
         info = SweepInfo(
             name=d.name,
@@ -350,7 +373,9 @@ class SweepRunner:
         run_dir = trial_dir(self.sweep_dir, number)
         trial.set_user_attr("run_dir", str(run_dir.relative_to(self.sweep_dir)))
         started = time.time()
-        pruning = TrialPruning(trial, info.objectives[0]) if len(info.objectives) == 1 else None
+        pruning = (
+            TrialPruning(trial, info.objectives[0], info.directions[0]) if len(info.objectives) == 1 else None
+        )
         beat = (  # the study wraps its storage in a cache; heartbeats go to the RDB storage itself
             Heartbeat(self.storage, trial._trial_id, d.heartbeat_seconds)
             if isinstance(self.storage, optuna.storages.RDBStorage)
@@ -397,6 +422,7 @@ class SweepRunner:
         if best.get("metrics"):
             violation = float(best["metrics"].get(f"objective/{info.objectives[0]}/violation", 0.0))
         trial.set_user_attr("violation", violation)
+        trial.set_constraint("violation", violation)  # constraint-aware samplers (TPE, NSGA-II) read it
         trial.set_user_attr(
             "seconds",
             {**timings, "eval": evaluation, "total": round(time.time() - started, 3)},

@@ -80,3 +80,15 @@ def test_shipped_sweeps_parse(tmp_path):
             d,
             ["data.dir=/tmp", "model=tiny"] if "model=tiny_shapes" not in d.overrides else ["data.dir=/tmp"],
         )
+
+
+def test_pruners_see_infeasible_checkpoints_as_worse_than_any_feasible_one():
+    from sdexp.sweep.runner import pruner_value
+
+    assert pruner_value(0.3, 0.0, "maximize") == 0.3
+    assert pruner_value(0.9, 0.5, "maximize") < pruner_value(-100.0, 0.0, "maximize")
+    assert pruner_value(0.9, 0.5, "maximize") > pruner_value(
+        0.9, 2.0, "maximize"
+    )  # smaller violation is better
+    assert pruner_value(0.1, 0.5, "minimize") > pruner_value(100.0, 0.0, "minimize")
+    assert pruner_value(0.1, 0.5, "minimize") < pruner_value(0.1, 2.0, "minimize")

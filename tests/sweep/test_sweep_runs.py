@@ -85,6 +85,17 @@ def test_a_grid_runs_exactly_the_grid_and_sdexp_best_names_the_winner(tmp_path, 
     assert len(_params(runner)) == 4
 
 
+def test_a_finished_study_grows_when_n_trials_is_raised(tmp_path, toy_images):
+    raw = {
+        "space": {"train.lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}},
+        "sampler": {"name": "random", "seed": 0},
+    }
+    runner, _ = _run(tmp_path, "grow", {**raw, "n_trials": 2}, toy_images)
+    assert len(_params(runner)) == 2
+    runner, outcome = _run(tmp_path, "grow", {**raw, "n_trials": 3}, toy_images)
+    assert outcome.completed == 3 and len(_params(runner)) == 3
+
+
 def test_a_seeded_random_sweep_is_reproducible_and_tpe_runs(tmp_path, toy_images):
     space = {"train.lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}, "method.rank": [2, 4, 8]}
     first, _ = _run(
