@@ -139,7 +139,13 @@ def _trials_table_html(info: SweepInfo, study, best_numbers: set[int]) -> str:
         feasible = is_feasible(t)
         error = t.user_attrs.get("error")
         short = None if error is None else (error if len(error) <= 120 else error[:117] + "...")
-        values = list(t.values) if t.values else [None] * len(info.objectives)
+        # The best checkpoint's objectives; a pruned trial's Optuna value is the pruner's view of
+        # it (an infeasible checkpoint reads -1e9), not a score to show.
+        scored = t.user_attrs.get("objectives") or {}
+        if scored:
+            values = [scored.get(o) for o in info.objectives]
+        else:
+            values = list(t.values) if t.values else [None] * len(info.objectives)
         out.append('<tr class="best">' if best else "<tr>")
         out.append(f"<td>{'★ ' if best else ''}{t.number}</td>" + _cell(t.state.name, "l"))
         out += [_cell(t.params.get(p)) for p in params] + [_cell(v) for v in values]
