@@ -21,6 +21,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from sdexp.atomic import atomic_write_bytes
 from sdexp.callbacks.base import Callback
 from sdexp.errors import ConfigError, UserError
 from sdexp.sweep.definition import SweepDefinition, check_composes, format_value
@@ -289,7 +290,9 @@ class SweepRunner:
         definition = {"name": d.name, "overrides": d.overrides + self.extra, "space": {k: _plain(v) for k, v in d.space.items()},
                       "sampler": d.sampler, "pruner": d.pruner, "n_trials": d.n_trials,
                       "timeout_minutes": d.timeout_minutes, "objectives": objectives}  # fmt: skip
-        (self.sweep_dir / DEFINITION_FILE).write_text(yaml.safe_dump(definition, sort_keys=False))
+        atomic_write_bytes(
+            self.sweep_dir / DEFINITION_FILE, yaml.safe_dump(definition, sort_keys=False).encode()
+        )
         write_sweep_info(self.sweep_dir, info)
         return info
 
@@ -334,7 +337,8 @@ class SweepRunner:
             waited += min(self.definition.heartbeat_seconds, 5)
 
     def run(self, *, timeout_minutes: float | None = None) -> SweepOutcome:
-        import optuna
+        """Claim and run trials until the study has n_trials finished, the time budget is spent,
+        or max_failures trials failed in this invocation."""
         from optuna.trial import TrialState
 
         d = self.definition
@@ -358,7 +362,6 @@ class SweepRunner:
                 failures += 1
         c = self._counts()
         self.notify(f"sweep {self.info.name}: {stopped}")
-        del optuna
         return SweepOutcome(c[TrialState.COMPLETE], c[TrialState.PRUNED], c[TrialState.FAIL], stopped)
 
     def _run_trial(self, trial):
