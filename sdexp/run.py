@@ -61,9 +61,11 @@ def _build_logger(logger_cfg, config: dict, run_dir: Path, notify):
     return MultiLogger(loggers), loggers[1] if len(loggers) > 1 else None
 
 
-def preflight(cfg: RunConfig) -> None:
-    """What a run checks before it loads a model, for runs that start later (a sweep's trials):
-    the data scans, the model resolves, and the objectives can be measured."""
+def preflight(cfg: RunConfig, *, require_judge: bool = True):
+    """Everything about a run's inputs that can fail before a model loads, so mistakes fail in
+    seconds: the data scans, the model resolves, val/* objectives have validation data and, with
+    ``require_judge`` (a sweep, whose trials need their objectives), eval/* objectives have a
+    CLIP to be measured with. Returns the module, its data loaded."""
     from sdexp.evaluation.config import objective_metric_names
     from sdexp.evaluation.scorer import resolve_clip_spec
     from sdexp.methods import build_module
@@ -74,34 +76,35 @@ def preflight(cfg: RunConfig) -> None:
     model_ref = cfg.model.path or cfg.model.name
     resolve_model_dir(model_ref)
     names = objective_metric_names(cfg.eval)
+    needs_validation = sorted(m for m in names if m.startswith("val/"))
+    if needs_validation and not module.val_batches_expected():
+        raise ConfigError(
+            f"eval.objectives: {needs_validation[0]} needs validation; set data.val_images > 0 or data.val_dir"
+        )
     needs_eval = sorted(m for m in names if not m.startswith("val/"))
-    if needs_eval and not cfg.eval.enabled:
+    if require_judge and needs_eval and not cfg.eval.enabled:
         raise ConfigError(f"eval.objectives: {needs_eval[0]} needs evaluation; set eval.enabled=true")
-    if needs_eval and resolve_clip_spec(cfg.eval.clip, model_ref) is None:
+    if require_judge and needs_eval and resolve_clip_spec(cfg.eval.clip, model_ref) is None:
         raise ConfigError(
             f"eval.clip: the objectives need {needs_eval[0]}, but {model_ref} has no CLIP of its own; "
             "set eval.clip=open_clip:MODEL:TAG (or a local weights file)"
         )
-    if any(m.startswith("val/") for m in names) and not module.val_batches_expected():
-        raise ConfigError("eval.objectives: a val/* objective needs validation; set data.val_images > 0")
+    return module
 
 
 def train_run(cfg: RunConfig, run_dir: str | Path, *, notify=print, callbacks=()) -> RunResult:
     """Train one run into ``run_dir`` and return where things went; ``callbacks`` join the
     trainer's (a sweep's pruning callback does)."""
     from sdexp.evaluation.setup import build_scoring
-    from sdexp.methods import build_module
-    from sdexp.models.loading import resolve_model_dir
     from sdexp.trainer import Trainer
 
     quiet_libraries()
     started = time.time()
     run_dir = Path(run_dir).resolve()
     t = cfg.train
-    module = build_module(cfg)
-    # Everything that can be wrong with the inputs fails here, before the run folder exists.
-    module.load_data()
-    resolve_model_dir(cfg.model.path or cfg.model.name)
+    # Everything that can be wrong with the inputs fails here, before the run folder exists. A
+    # single run without a judge still trains: build_scoring says evaluation is off and why.
+    module = preflight(cfg, require_judge=False)
     if (run_dir / "run.json").exists():
         raise UserError(
             f"hydra.run.dir: {run_dir} already holds a run (run.json); choose a new folder or delete that one"

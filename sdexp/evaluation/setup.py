@@ -70,15 +70,11 @@ def build_evaluator(cfg, records, resolution: int, device, *, generations_root=N
 
 
 def build_scoring(cfg, module, run_dir: Path, device, notify=print):
-    """The ``CheckpointScoring`` callback for a run, or None (with a notice saying why)."""
+    """The ``CheckpointScoring`` callback for a run, or None (with a notice saying why); the
+    run's inputs have passed ``sdexp.run.preflight``."""
     from sdexp.callbacks.scoring import CheckpointScoring
     from sdexp.evaluation.config import objective_metric_names
 
-    needs_validation = sorted(m for m in objective_metric_names(cfg.eval) if m.startswith("val/"))
-    if needs_validation and not module.val_batches_expected():
-        raise ConfigError(
-            f"eval.objectives: {needs_validation[0]} needs validation; set data.val_images > 0 or data.val_dir"
-        )
     evaluator, off = build_evaluator(cfg, module.train_dataset.records, module.resolution, device)
     es = cfg.train.early_stopping
     if evaluator is None:

@@ -68,6 +68,9 @@ def read_sweep_info(sweep_dir: str | Path) -> SweepInfo:
     return SweepInfo(**json.loads(path.read_text()))
 
 
+STALE_AFTER_BEATS = 4  # a running trial silent for this many heartbeats is failed and retried
+
+
 def open_storage(url: str, heartbeat_seconds: int = 30):
     """An Optuna storage for a URL: ``sqlite:///…``, ``postgresql://…`` (RDB, with heartbeats so
     a trial left running by a killed worker is noticed), or ``journal:PATH`` (a journal file)."""
@@ -83,7 +86,7 @@ def open_storage(url: str, heartbeat_seconds: int = 30):
     return RDBStorage(
         url,
         heartbeat_interval=heartbeat_seconds,
-        grace_period=4 * heartbeat_seconds,
+        grace_period=STALE_AFTER_BEATS * heartbeat_seconds,
         heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2),
         engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None,
     )

@@ -27,6 +27,7 @@ from sdexp.errors import ConfigError, UserError
 from sdexp.sweep.definition import SweepDefinition, check_composes, format_value
 from sdexp.sweep.layout import (
     DEFINITION_FILE,
+    STALE_AFTER_BEATS,
     SweepInfo,
     default_storage,
     open_storage,
@@ -330,7 +331,7 @@ class SweepRunner:
                     return self.study.ask(), None
             # Every remaining slot is held by a running trial: another worker's, or one whose
             # worker died (failed after the grace period, then retried). Wait for either.
-            grace = 4 * self.definition.heartbeat_seconds + self.definition.heartbeat_seconds
+            grace = (STALE_AFTER_BEATS + 1) * self.definition.heartbeat_seconds
             if waited > grace:
                 return None, f"{c[TrialState.RUNNING]} trials are still running in other workers"
             time.sleep(min(self.definition.heartbeat_seconds, 5))
