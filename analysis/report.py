@@ -18,7 +18,7 @@ import warnings
 from html import escape
 from pathlib import Path
 
-from analysis.svg_chart import PALETTE, line_chart
+from analysis.svg_chart import PALETTE, axis_titles, line_chart, ticks, y_gridline
 from sdexp.atomic import atomic_write_bytes
 from sdexp.sweep.best import best_trials, complete_trials, direction_sign, is_feasible, ranked_trials
 from sdexp.sweep.layout import REPORT_DIR, SweepInfo, load_study, read_sweep_info, trial_dir
@@ -202,10 +202,6 @@ def _importances_html(info: SweepInfo, study) -> str:
     return f"{head}<table><tr><th>parameter</th><th>importance</th><th></th></tr>{rows}</table>"
 
 
-def _ticks5(lo: float, hi: float) -> list[float]:
-    return [lo + (hi - lo) * i / 4 for i in range(5)]
-
-
 def _padded(lo: float, hi: float) -> tuple[float, float]:
     """A range with 5% room on each side, so no point sits on the frame."""
     return (lo - 0.5, hi + 0.5) if hi <= lo else (lo - 0.05 * (hi - lo), hi + 0.05 * (hi - lo))
@@ -250,17 +246,12 @@ def scatter_chart(
     ]
     xticks = [(i, c) for i, c in enumerate(categories)] if categories else []
     if not categories:
-        xticks = [(10**t if logx else t, f"{10**t if logx else t:.3g}") for t in _ticks5(x0, x1)]
+        xticks = [(10**t if logx else t, f"{10**t if logx else t:.3g}") for t in ticks(x0, x1)]
     for x, label in xticks:
         out.append(f'<text x="{sx(x):.1f}" y="{top + ph + 14}" text-anchor="middle">{escape(label)}</text>')
-    for t in _ticks5(y0, y1):
-        out.append(f'<line x1="{left}" x2="{left + pw}" y1="{sy(t):.1f}" y2="{sy(t):.1f}" stroke="#eee"/>')
-        out.append(f'<text x="{left - 4}" y="{sy(t) + 4:.1f}" text-anchor="end">{t:.3g}</text>')
-    out.append(f'<text x="{left + pw / 2}" y="{height - 8}" text-anchor="middle">{escape(xlabel)}</text>')
-    out.append(
-        f'<text x="14" y="{top + ph / 2}" text-anchor="middle" transform="rotate(-90 14 {top + ph / 2})">'
-        f"{escape(ylabel)}</text>"
-    )
+    for t in ticks(y0, y1):
+        out += y_gridline(left, pw, sy(t), t)
+    out += axis_titles(left, top, pw, ph, height, xlabel, ylabel)
     for i, (name, pts) in enumerate(series.items()):
         colour = PALETTE[i % len(PALETTE)]
         for x, y, tip in pts:

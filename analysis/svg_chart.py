@@ -14,10 +14,30 @@ from pathlib import Path
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
 
 
-def _ticks(lo: float, hi: float, n: int = 5) -> list[float]:
+def ticks(lo: float, hi: float, n: int = 5) -> list[float]:
+    """``n`` evenly spaced axis ticks from ``lo`` to ``hi`` (one tick for an empty range)."""
     if hi <= lo:
         return [lo]
     return [lo + (hi - lo) * i / (n - 1) for i in range(n)]
+
+
+def y_gridline(left: float, pw: float, y: float, value: float) -> list[str]:
+    """A horizontal grid line at pixel row ``y`` labelled ``value`` on the left axis."""
+    return [
+        f'<line x1="{left}" x2="{left + pw}" y1="{y:.1f}" y2="{y:.1f}" stroke="#eee"/>',
+        f'<text x="{left - 4}" y="{y + 4:.1f}" text-anchor="end">{value:.3g}</text>',
+    ]
+
+
+def axis_titles(
+    left: float, top: float, pw: float, ph: float, height: float, xlabel: str, ylabel: str
+) -> list[str]:
+    """The x title under the plot and the y title turned along the left edge."""
+    return [
+        f'<text x="{left + pw / 2}" y="{height - 8}" text-anchor="middle">{escape(xlabel)}</text>',
+        f'<text x="14" y="{top + ph / 2}" text-anchor="middle" transform="rotate(-90 14 {top + ph / 2})">'
+        f"{escape(ylabel)}</text>",
+    ]
 
 
 def line_chart(
@@ -53,18 +73,11 @@ def line_chart(
         f'<text x="{width / 2}" y="18" text-anchor="middle" font-size="13">{escape(title)}</text>',
         f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="none" stroke="#999"/>',
     ]
-    for t in _ticks(x0, x1):
+    for t in ticks(x0, x1):
         out.append(f'<text x="{sx(t):.1f}" y="{top + ph + 14}" text-anchor="middle">{t:.4g}</text>')
-    for t in _ticks(y0, y1):
-        value = 10**t if logy else t
-        y = top + ph - (t - y0) / (y1 - y0) * ph
-        out.append(f'<line x1="{left}" x2="{left + pw}" y1="{y:.1f}" y2="{y:.1f}" stroke="#eee"/>')
-        out.append(f'<text x="{left - 4}" y="{y + 4:.1f}" text-anchor="end">{value:.3g}</text>')
-    out.append(f'<text x="{left + pw / 2}" y="{height - 8}" text-anchor="middle">{escape(xlabel)}</text>')
-    out.append(
-        f'<text x="14" y="{top + ph / 2}" text-anchor="middle" transform="rotate(-90 14 {top + ph / 2})">'
-        f"{escape(ylabel)}</text>"
-    )
+    for t in ticks(y0, y1):
+        out += y_gridline(left, pw, top + ph - (t - y0) / (y1 - y0) * ph, 10**t if logy else t)
+    out += axis_titles(left, top, pw, ph, height, xlabel, ylabel)
     for i, (name, pts) in enumerate(series.items()):
         colour = PALETTE[i % len(PALETTE)]
         path = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in pts if not logy or y > 0)

@@ -63,10 +63,7 @@ class TransformersClip(ClipModel):
                 img = img.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
                 img = img.resize((size, size), Image.Resampling.BICUBIC)
             arrays.append(np.asarray(img, dtype=np.float32) / 255.0)
-        x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
-        mean = torch.tensor(self.mean).view(1, 3, 1, 1)
-        std = torch.tensor(self.std).view(1, 3, 1, 1)
-        return ((x - mean) / std).to(self.device)
+        return normalized_batch(arrays, self.mean, self.std, self.device)
 
     @torch.no_grad()
     def encode_images(self, images, batch_size: int = 256) -> torch.Tensor:
@@ -90,6 +87,17 @@ class TransformersClip(ClipModel):
             ).input_ids.to(self.device)
             out.append(_features(self.model.get_text_features(input_ids=ids)))
         return torch.nn.functional.normalize(torch.cat(out).float(), dim=-1)
+
+
+def normalized_batch(arrays, mean, std, device) -> torch.Tensor:
+    """HWC float images in [0, 1] as one NCHW batch normalised by per-channel ``mean``/``std``
+    (what every image tower here expects after its own resize and crop)."""
+    import numpy as np
+
+    x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
+    mean = torch.tensor(mean).view(1, 3, 1, 1)
+    std = torch.tensor(std).view(1, 3, 1, 1)
+    return ((x - mean) / std).to(device)
 
 
 def _features(out) -> torch.Tensor:

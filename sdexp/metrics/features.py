@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from sdexp.errors import UserError
+from sdexp.metrics.clip_models import normalized_batch
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -56,10 +57,7 @@ class DinoModel:
             left, top = (size[0] - cw) // 2, (size[1] - ch) // 2
             img = img.crop((left, top, left + cw, top + ch))
             arrays.append(np.asarray(img, dtype=np.float32) / 255.0)
-        x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
-        mean = torch.tensor(self.mean).view(1, 3, 1, 1)
-        std = torch.tensor(self.std).view(1, 3, 1, 1)
-        return ((x - mean) / std).to(self.device)
+        return normalized_batch(arrays, self.mean, self.std, self.device)
 
     @torch.no_grad()
     def encode_images(self, images, batch_size: int = 64) -> torch.Tensor:
