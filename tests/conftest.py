@@ -70,6 +70,26 @@ def isolated_cli_state():
         (log.enable_progress_bar if bars else log.disable_progress_bar)()
 
 
+@pytest.fixture(scope="session")
+def tiny_dino_dir(tmp_path_factory) -> Path:
+    """A random-weight DINOv2 (32 wide, one layer) saved as a local model folder; never modified."""
+    import torch
+    from transformers import Dinov2Config, Dinov2Model
+
+    torch.manual_seed(0)
+    config = Dinov2Config(
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        image_size=28,
+        patch_size=14,
+    )
+    folder = tmp_path_factory.mktemp("dino") / "tiny-dinov2"
+    Dinov2Model(config).save_pretrained(folder)
+    return folder
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """Tiny tensors run ~100x slower when torch's threads compete on a loaded 2-core box."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 import random
 
 import numpy as np
-import pytest
 import torch
 
 
@@ -40,24 +39,7 @@ def test_subject_prompts_default_to_training_captions_most_frequent_first():
     assert subject_prompts(EvalConfig(prompts=["x"]), ["a"]) == ["x"]
 
 
-@pytest.fixture()
-def dino_dir(tmp_path):
-    from transformers import Dinov2Config, Dinov2Model
-
-    torch.manual_seed(0)
-    config = Dinov2Config(
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=64,
-        image_size=28,
-        patch_size=14,
-    )
-    Dinov2Model(config).save_pretrained(tmp_path / "dino")
-    return tmp_path / "dino"
-
-
-def test_evaluator_reports_every_configured_metric(tmp_path, dino_dir, monkeypatch):
+def test_evaluator_reports_every_configured_metric(tmp_path, tiny_dino_dir, monkeypatch):
     from sdexp.base_generations import sampling_pipeline
     from sdexp.evaluation.config import EvalConfig
     from sdexp.evaluation.scorer import Evaluator
@@ -67,22 +49,26 @@ def test_evaluator_reports_every_configured_metric(tmp_path, dino_dir, monkeypat
     data = write_concept(tmp_path / "data", n=3, seed=0, concept="striped_star", token="sks")
     paths = sorted(data.glob("*.png"))
     cfg = EvalConfig(
-        dino=str(dino_dir),
+        dino=str(tiny_dino_dir),
         images=3,
         steps=3,
         guidance=4.0,
         prior_prompts=["a red circle on a blue background", "a blue star on a green background"],
         token="sks",
     )
-    evaluator = Evaluator(
-        cfg,
-        base_model="tiny_shapes",
-        clip_spec="tiny_shapes",
-        reference_paths=paths,
-        training_paths=paths,
-        subject_prompts=["a sks star on a blue background"],
-        size=64,
-    )
+
+    def evaluator_for_the_concept():
+        return Evaluator(
+            cfg,
+            base_model="tiny_shapes",
+            clip_spec="tiny_shapes",
+            reference_paths=paths,
+            training_paths=paths,
+            subject_prompts=["a sks star on a blue background"],
+            size=64,
+        )
+
+    evaluator = evaluator_for_the_concept()
     pipe, _ = sampling_pipeline("tiny_shapes", sampler=cfg.sampler)
     result = evaluator.evaluate(pipe)
     from sdexp.evaluation.config import expected_metrics
@@ -94,13 +80,5 @@ def test_evaluator_reports_every_configured_metric(tmp_path, dino_dir, monkeypat
     # The base scored against itself: the prior images are the base's, image for image.
     assert result.metrics["eval/forgetting/clip_t_change"] == 0.0
     assert evaluator.base_seconds > 0  # generated now; a second evaluator finds them cached
-    again = Evaluator(
-        cfg,
-        base_model="tiny_shapes",
-        clip_spec="tiny_shapes",
-        reference_paths=paths,
-        training_paths=paths,
-        subject_prompts=["a sks star on a blue background"],
-        size=64,
-    )
+    again = evaluator_for_the_concept()
     assert again.evaluate(pipe).metrics == result.metrics and again.base_seconds == 0.0

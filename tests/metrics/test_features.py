@@ -14,24 +14,6 @@ from sdexp.metrics import features
 from sdexp.metrics.features import INCEPTION_FILE, inception_features, load_dino
 
 
-@pytest.fixture(scope="module")
-def dino_dir(tmp_path_factory):
-    from transformers import Dinov2Config, Dinov2Model
-
-    torch.manual_seed(0)
-    config = Dinov2Config(
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=64,
-        image_size=28,
-        patch_size=14,
-    )
-    folder = tmp_path_factory.mktemp("dino") / "tiny-dinov2"
-    Dinov2Model(config).save_pretrained(folder)
-    return folder
-
-
 def _images():
     noise = np.random.default_rng(0).integers(0, 256, (40, 30, 3), dtype=np.uint8)
     return [Image.new("RGB", (28, 28), "red"), Image.fromarray(noise), Image.new("RGB", (28, 28), "red")]
@@ -44,19 +26,19 @@ def _check_embeddings(emb: torch.Tensor) -> None:
     assert not torch.allclose(emb[0], emb[1], atol=1e-3)
 
 
-def test_dino_defaults_without_preprocessor_config(dino_dir):
-    dino = load_dino(dino_dir)
+def test_dino_defaults_without_preprocessor_config(tiny_dino_dir):
+    dino = load_dino(tiny_dino_dir)
     assert dino.name == "tiny-dinov2" and dino.crop == (224, 224) and dino.resize == 224
     emb = dino.encode_images(_images())
     _check_embeddings(emb)
     assert torch.equal(emb[0], emb[2])
 
 
-def test_dino_uses_preprocessor_config(dino_dir, tmp_path):
+def test_dino_uses_preprocessor_config(tiny_dino_dir, tmp_path):
     import shutil
 
     folder = tmp_path / "with-prep"
-    shutil.copytree(dino_dir, folder)
+    shutil.copytree(tiny_dino_dir, folder)
     prep = {"crop_size": 28, "size": {"shortest_edge": 32}, "image_mean": [0.5] * 3, "image_std": [0.5] * 3}
     (folder / "preprocessor_config.json").write_text(json.dumps(prep))
     dino = load_dino(folder)
