@@ -59,6 +59,9 @@ def _start(tmp_path, images, out) -> subprocess.Popen:
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
         env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        # A shell's background jobs (CI runs us as one) inherit SIGINT ignored, and Python keeps an
+        # ignored SIGINT ignored; restore the default so the worker hears Ctrl-C as a terminal user's would.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 
