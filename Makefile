@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q $(TORCH) 2>&1 | grep -v "is ignored" || true
 	$(BIN)/python -m pip install -q -e ".[dev]" 2>&1 | grep -v "is ignored" || true
-	$(BIN)/python -c "import sdexp, torch, diffusers, peft, hydra, wandb, cleanfid, open_clip, optuna" && touch $(STAMP)
+	$(BIN)/python -c "import sdexp, torch, diffusers, peft, hydra, wandb, cleanfid, open_clip, optuna, prodigyopt" && touch $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/python -m sdexp.demo demo-out

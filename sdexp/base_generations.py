@@ -43,6 +43,7 @@ class BaseGenerations:
         root: str | Path | None = None,
         device: str = "cpu",
         batch_size: int = 8,
+        pipeline=None,
     ):
         from sdexp.models.fingerprint import model_fingerprint
         from sdexp.models.loading import native_resolution, resolve_model_dir
@@ -54,7 +55,7 @@ class BaseGenerations:
         self.fingerprint = model_fingerprint(self.model_dir)
         root = Path(root) if root else cache_root() / "generations"
         self.folder = root / self.fingerprint / settings.digest(self.size)
-        self._pipe = None
+        self._pipe = pipeline  # an already loaded pipeline of this base with the settings' sampler, or None
         self.generated = 0  # images this object had to generate (the rest came from the cache)
 
     def path(self, prompt: str, seed: int) -> Path:

@@ -24,6 +24,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "sdexp.pretrain.cli",
     "sdexp.evaluation.cli",
     "sdexp.sweep.cli",
+    "sdexp.data.caption_cli",
+    "sdexp.data.cli",
 )
 
 

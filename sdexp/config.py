@@ -14,6 +14,8 @@ from typing import Any
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from sdexp.data.caption_policy import validate_caption_options
+from sdexp.data.options import BucketOptions, CacheOptions, CaptionOptions
 from sdexp.errors import ConfigError
 from sdexp.evaluation.config import EvalConfig, expected_metrics, validate_eval
 from sdexp.samplers import SAMPLERS
@@ -32,11 +34,14 @@ SCHEDULERS = (
 MIXED_PRECISION = ("no", "fp16", "bf16")
 MODEL_DTYPES = ("auto", "fp32", "fp16", "bf16")
 PREDICTION_TYPES = ("epsilon", "v_prediction")
-CROPS = ("center", "random")
+CROPS = ("center", "random", "none")  # sdexp.data.transforms.CROP_MODES
+SMALL_IMAGES = ("upscale", "warn", "skip")
 WANDB_MODES = ("auto", "online", "offline", "disabled")
 LOGGERS = ("wandb", "none")
 DEVICES = ("auto", "cpu", "cuda")
 MONITOR_MODES = ("min", "max")
+OPTIMIZERS = ("adamw", "adamw8bit", "adafactor", "prodigy")
+ADAPTERS = ("lora", "full")
 
 
 @dataclass
@@ -72,21 +77,76 @@ class LoraMethodConfig(MethodConfig):
     train_text_encoder: bool = False
     text_encoder_lr: float | None = None  # null = train.lr
     text_encoder_rank: int | None = None  # null = rank
+    dora: bool = False  # weight-decomposed LoRA (peft use_dora); exported with kohya dora_scale
+
+
+@dataclass
+class DreamBoothMethodConfig(LoraMethodConfig):
+    """A unique token bound to a subject, with prior preservation against language drift.
+
+    The instance/class prompts describe the ``data.dir`` concept; ``data.concepts`` entries carry
+    their own. The LoRA keys apply when ``adapter=lora``; ``ema_decay`` when ``adapter=full``.
+    """
+
+    name: str = "dreambooth"
+    adapter: str = "lora"  # lora | full (the whole UNet)
+    instance_prompt: str | None = None  # e.g. "a photo of sks dog"; caption of images without a sidecar
+    class_prompt: str | None = None  # e.g. "a photo of dog"
+    prior_preservation: bool = True
+    class_dir: str | None = None  # your own class images; missing ones are generated and cached
+    num_class_images: int = 100
+    prior_loss_weight: float = 1.0
+    class_sampler: str = "dpmpp_2m"  # how missing class images are generated
+    class_steps: int = 25
+    class_guidance: float = 7.5
+    class_seed: int = 0
+    class_batch_size: int = 4
+    ema_decay: float = 0.0  # adapter=full: 0 = no EMA
+
+
+@dataclass
+class FinetuneMethodConfig(MethodConfig):
+    """Caption-based fine-tuning of the whole UNet (EveryDream style), optionally the text encoder."""
+
+    name: str = "finetune"
+    train_text_encoder: bool = False
+    text_encoder_lr: float | None = None  # null = train.lr
+    ema_decay: float = 0.9999  # 0 = no EMA; evaluation and checkpoints use the EMA weights
+    ema_warmup: bool = True  # decay ramps up over the first steps (diffusers' EMAModel warmup)
+
+
+@dataclass
+class ConceptConfig:
+    """One thing to teach: a folder of images with its prompt, optional class images, and weight."""
+
+    dir: str = MISSING
+    prompt: str | None = None  # instance prompt for images without a caption sidecar
+    class_prompt: str | None = None  # prior preservation for this concept (dreambooth)
+    class_dir: str | None = None  # class images; null = generated with the base model and cached
+    repeats: int = 1  # how often each image is seen per epoch, relative to other concepts
+    loss_weight: float = 1.0
 
 
 @dataclass
 class DataConfig:
     """Where the images are and how each becomes a training example."""
 
-    dir: str | None = None
+    dir: str | None = None  # one folder; kohya-named subfolders (`10_sks dog/`) are read as concepts
     prompt: str | None = None  # caption for images without a sidecar
+    concepts: list[ConceptConfig] = field(default_factory=list)  # several concepts (instead of dir)
+    token: str | None = None  # substituted for {token} in captions and prompts
     caption_extension: str = ".txt"
-    crop: str = "center"
+    crop: str = "center"  # center | random | none (fit inside and pad with pad_color)
+    pad_color: list[int] = field(default_factory=lambda: [0, 0, 0])
+    small_images: str = "upscale"  # images smaller than the resolution: upscale | warn | skip
     flip: bool = False
     skip_bad: bool = False
     val_dir: str | None = None  # held-out images for validation loss; null = training images
     val_images: int = 4  # how many images the validation loss uses
     num_workers: int = 0
+    buckets: BucketOptions = field(default_factory=BucketOptions)
+    captions: CaptionOptions = field(default_factory=CaptionOptions)
+    cache: CacheOptions = field(default_factory=CacheOptions)
 
 
 @dataclass
@@ -114,6 +174,8 @@ class TrainConfig:
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
     adam_epsilon: float = 1e-8
+    optimizer: str = "adamw"  # adamw | adamw8bit (bitsandbytes, CUDA) | adafactor | prodigy
+    prodigy_d_coef: float = 1.0  # prodigy: scales its learning-rate estimate (use train.lr=1.0)
     max_grad_norm: float | None = 1.0
     mixed_precision: str = "no"
     gradient_checkpointing: bool = False
@@ -156,7 +218,11 @@ class RunConfig:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
 
 
-METHOD_SCHEMAS: dict[str, type[MethodConfig]] = {"lora": LoraMethodConfig}
+METHOD_SCHEMAS: dict[str, type[MethodConfig]] = {
+    "lora": LoraMethodConfig,
+    "dreambooth": DreamBoothMethodConfig,
+    "finetune": FinetuneMethodConfig,
+}
 
 
 def register_schemas() -> None:
@@ -243,29 +309,67 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(
             f"model.path: model={m.name} needs model.path=DIR (a diffusers-format Stable Diffusion folder)"
         )
-    method = cfg.method
+    validate_method(cfg.method, cfg.data)
+    _choice("data.crop", d.crop, CROPS)
+    _choice("data.small_images", d.small_images, SMALL_IMAGES)
+    if len(d.pad_color) != 3 or not all(0 <= c <= 255 for c in d.pad_color):
+        raise ConfigError(f"data.pad_color: must be three integers 0..255, e.g. [0,0,0] (got {d.pad_color})")
+    if not d.caption_extension.startswith("."):
+        raise ConfigError(f"data.caption_extension: must start with '.' (got {d.caption_extension!r})")
+    _positive("data.val_images", d.val_images, allow_zero=True)
+    _positive("data.num_workers", d.num_workers, allow_zero=True)
+    validate_caption_options(d.captions, d.token)
+    validate_train(t)
+    resolution = t.resolution or m.resolution
+    if resolution is not None and resolution % 8:
+        raise ConfigError(f"train.resolution: must be a multiple of 8 (got {resolution})")
+    from sdexp.data.buckets import check_bucket_options  # pure Python: no torch, no Pillow
+
+    check_bucket_options(d.buckets, resolution)
+    _choice("logger.name", lg.name, LOGGERS)
+    _choice("logger.mode", lg.mode, WANDB_MODES)
+    validate_eval(cfg.eval, held_out=bool(d.val_dir), samplers=SAMPLERS)
+    if t.early_stopping.patience:
+        _check_monitor(cfg)
+
+
+def validate_method(method: MethodConfig, d: DataConfig) -> None:
+    """The method's own keys, and what it needs from the data section."""
     if isinstance(method, LoraMethodConfig):
         _positive("method.rank", method.rank)
         _positive("method.alpha", method.alpha, optional=True)
         _choice("method.targets", method.targets, LORA_TARGETS)
         if not 0.0 <= method.dropout < 1.0:
             raise ConfigError(f"method.dropout: must be in [0, 1) (got {method.dropout})")
-        _positive("method.text_encoder_lr", method.text_encoder_lr, optional=True)
         _positive("method.text_encoder_rank", method.text_encoder_rank, optional=True)
-    _choice("data.crop", d.crop, CROPS)
-    if not d.caption_extension.startswith("."):
-        raise ConfigError(f"data.caption_extension: must start with '.' (got {d.caption_extension!r})")
-    _positive("data.val_images", d.val_images, allow_zero=True)
-    _positive("data.num_workers", d.num_workers, allow_zero=True)
-    validate_train(t)
-    resolution = t.resolution or m.resolution
-    if resolution is not None and resolution % 8:
-        raise ConfigError(f"train.resolution: must be a multiple of 8 (got {resolution})")
-    _choice("logger.name", lg.name, LOGGERS)
-    _choice("logger.mode", lg.mode, WANDB_MODES)
-    validate_eval(cfg.eval, held_out=bool(d.val_dir), samplers=SAMPLERS)
-    if t.early_stopping.patience:
-        _check_monitor(cfg)
+    if isinstance(method, LoraMethodConfig | FinetuneMethodConfig):
+        _positive("method.text_encoder_lr", method.text_encoder_lr, optional=True)
+    if isinstance(method, DreamBoothMethodConfig | FinetuneMethodConfig):
+        if not 0.0 <= method.ema_decay < 1.0:
+            raise ConfigError(f"method.ema_decay: must be in [0, 1) (got {method.ema_decay}); 0 turns EMA off")
+    if isinstance(method, DreamBoothMethodConfig):
+        _choice("method.adapter", method.adapter, ADAPTERS)
+        if method.adapter == "full" and method.dora:
+            raise ConfigError("method.dora: DoRA is a LoRA variant; set method.adapter=lora or method.dora=false")
+        _positive("method.num_class_images", method.num_class_images, allow_zero=True)
+        _positive("method.prior_loss_weight", method.prior_loss_weight, allow_zero=True)
+        _choice("method.class_sampler", method.class_sampler, tuple(SAMPLERS))
+        _positive("method.class_steps", method.class_steps)
+        _positive("method.class_batch_size", method.class_batch_size)
+        if d.dir and not d.concepts and not method.instance_prompt and not d.prompt:
+            raise ConfigError(
+                'method.instance_prompt: DreamBooth needs the instance prompt, e.g. method.instance_prompt="a photo of sks dog"'
+            )
+        if method.prior_preservation and not d.concepts and not method.class_prompt:
+            raise ConfigError(
+                'method.class_prompt: prior preservation needs the class prompt, e.g. method.class_prompt="a photo of dog" '
+                "(or set method.prior_preservation=false)"
+            )
+    if d.concepts and d.dir:
+        raise ConfigError("data.concepts: give either data.dir (one concept) or data.concepts, not both")
+    for i, c in enumerate(d.concepts):
+        _positive(f"data.concepts[{i}].repeats", c.repeats)
+        _positive(f"data.concepts[{i}].loss_weight", c.loss_weight, allow_zero=True)
 
 
 def _check_monitor(cfg: RunConfig) -> None:
@@ -298,6 +402,8 @@ def validate_train(t: TrainConfig, prefix: str = "train") -> None:
     _positive(f"{prefix}.num_cycles", t.num_cycles)
     _positive(f"{prefix}.power", t.power)
     _positive(f"{prefix}.weight_decay", t.weight_decay, allow_zero=True)
+    _choice(f"{prefix}.optimizer", t.optimizer, OPTIMIZERS)
+    _positive(f"{prefix}.prodigy_d_coef", t.prodigy_d_coef)
     _positive(f"{prefix}.max_grad_norm", t.max_grad_norm, optional=True)
     _choice(f"{prefix}.mixed_precision", t.mixed_precision, MIXED_PRECISION)
     _choice(f"{prefix}.device", t.device, DEVICES)

@@ -96,6 +96,7 @@ def train_run(cfg: RunConfig, run_dir: str | Path, *, notify=print, callbacks=()
     """Train one run into ``run_dir`` and return where things went; ``callbacks`` join the
     trainer's (a sweep's pruning callback does)."""
     from sdexp.evaluation.setup import build_scoring
+    from sdexp.optim import check_optimizer
     from sdexp.trainer import Trainer
 
     quiet_libraries()
@@ -114,6 +115,7 @@ def train_run(cfg: RunConfig, run_dir: str | Path, *, notify=print, callbacks=()
             "train.early_stopping.patience: early stopping needs validation; set data.val_images > 0"
         )
     trainer = Trainer.from_config(t, run_dir, callbacks=list(callbacks))  # checks the device first
+    check_optimizer(t.optimizer, trainer.device)
     scoring = build_scoring(cfg, module, run_dir, trainer.device, notify)
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir)
@@ -229,8 +231,10 @@ def fit_and_record(
             "setup": round(state.loop_started - started, 3),
             "loop": round(state.loop_ended - state.loop_started, 3),
             "teardown": round(ended - state.loop_ended, 3),
+            "data_wait": round(state.data_wait_seconds, 3),  # inside the loop: waiting for batches
         },
         device=str(trainer.device),
+        data=module.run_info(),
         final={"train": state.last_logs, "val": state.last_val},
         checkpoints=state.checkpoints,
         **scored,

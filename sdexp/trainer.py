@@ -44,6 +44,7 @@ class TrainerState:
     train_seconds: float = 0.0
     loop_started: float = 0.0  # wall clock (time.time) at the first step and after the last
     loop_ended: float = 0.0
+    data_wait_seconds: float = 0.0  # time the loop spent waiting for the dataloader's next batch
 
 
 class Trainer:
@@ -134,7 +135,13 @@ class Trainer:
         loss_sum, micro = 0.0, 0
         while state.step < self.max_steps and not self.should_stop:
             module.on_train_epoch_start(state.epoch)
-            for batch in dataloader:
+            batches = iter(dataloader)
+            while True:
+                waited = time.perf_counter()
+                batch = next(batches, None)
+                state.data_wait_seconds += time.perf_counter() - waited
+                if batch is None:
+                    break
                 with self.accelerator.accumulate(*trainable):
                     out = module.training_step(batch, state.step)
                     loss_value = float(out.loss.detach())  # the step's one host sync

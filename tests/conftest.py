@@ -99,3 +99,11 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def tiny_captioner_dir(tmp_path_factory) -> Path:
+    """A random-weight tiny BLIP captioner (model + processor) saved as a local folder; never modified."""
+    from tiny_captioner import build_tiny_blip
+
+    return build_tiny_blip(tmp_path_factory.mktemp("captioner") / "tiny-blip")

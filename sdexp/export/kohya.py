@@ -49,8 +49,10 @@ _COMPOUNDS = (
     "layer_norm1",
     "layer_norm2",
 )
-_PEFT_KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<ab>[AB])(?:\.(?P<adapter>[^.]+))?\.weight$")
-_KOHYA_KEY = re.compile(r"^(?P<name>[^.]+)\.(?P<kind>lora_down\.weight|lora_up\.weight|alpha)$")
+_PEFT_KEY = re.compile(
+    r"^(?P<module>.+)\.(?:lora_(?P<ab>[AB])(?:\.(?P<adapter>[^.]+))?\.weight|(?P<magnitude>lora_magnitude_vector))$"
+)
+_KOHYA_KEY = re.compile(r"^(?P<name>[^.]+)\.(?P<kind>lora_down\.weight|lora_up\.weight|alpha|dora_scale)$")
 
 
 def clean_module_name(module_name: str) -> str:
@@ -93,17 +95,15 @@ def _guess_dotted(underscored: str) -> str:
 
 
 def _split_peft(state_dict: Mapping[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
-    """peft keys → {module: {"A": tensor, "B": tensor}}; anything else is an error."""
+    """peft keys → {module: {"A": tensor, "B": tensor[, "M": DoRA magnitude]}}; anything else is an error."""
     modules: dict[str, dict[str, torch.Tensor]] = {}
     for key, tensor in state_dict.items():
         match = _PEFT_KEY.match(key)
         if not match:
-            raise ValueError(
-                f"not a plain LoRA weight: {key!r} (DoRA, biases and other adapters are unsupported)"
-            )
-        modules.setdefault(clean_module_name(match["module"]), {})[match["ab"]] = tensor
+            raise ValueError(f"not a LoRA or DoRA weight: {key!r} (biases and other adapters are unsupported)")
+        modules.setdefault(clean_module_name(match["module"]), {})["M" if match["magnitude"] else match["ab"]] = tensor
     for module, pair in modules.items():
-        if set(pair) != {"A", "B"}:
+        if not {"A", "B"} <= set(pair):
             raise ValueError(f"LoRA module {module!r} lacks lora_A or lora_B")
     return modules
 
@@ -125,7 +125,10 @@ def to_kohya_state_dict(
 ) -> dict[str, torch.Tensor]:
     """peft state dicts (``….lora_A.weight``) → kohya ``NAME.lora_down/lora_up.weight`` + ``NAME.alpha``.
 
-    Alphas are the real ones (scale = alpha / rank); a mapping gives one per module name.
+    Alphas are the real ones (scale = alpha / rank); a mapping gives one per module name. A DoRA
+    magnitude (peft's ``lora_magnitude_vector``, one norm per output row) becomes ``NAME.dora_scale``
+    shaped ``(out, 1, ...)`` like the layer's weight: the output-axis layout that ComfyUI and LyCORIS
+    read and that diffusers' kohya converter maps back to ``lora_magnitude_vector``.
     """
     out: dict[str, torch.Tensor] = {}
     parts = [(unet_sd, unet_alpha, kohya_unet_name)]
@@ -142,6 +145,9 @@ def to_kohya_state_dict(
             out[f"{name}.lora_down.weight"] = down.contiguous()
             out[f"{name}.lora_up.weight"] = up.contiguous()
             out[f"{name}.alpha"] = torch.tensor(_alpha_of(alpha, module), dtype=dtype or down.dtype)
+            if "M" in pair:
+                magnitude = pair["M"].detach().to("cpu", dtype or down.dtype)
+                out[f"{name}.dora_scale"] = magnitude.reshape(-1, *[1] * (down.dim() - 1)).contiguous()
     return out
 
 
@@ -197,6 +203,12 @@ def from_kohya_state_dict(
         if prefix != UNET_PREFIX:
             module = module.removeprefix(TEXT_MODEL)
             module = TEXT_MODEL + module if keep_text_model_prefix else module
+        if kind == "dora_scale":
+            sd = result.unet if prefix == UNET_PREFIX else result.text_encoders.setdefault(prefix, {})
+            # peft keeps a Linear's magnitude as (out,) and a conv's as (1, out, 1, 1)
+            shape = (1, -1, *[1] * (tensor.dim() - 2)) if tensor.dim() > 2 else (-1,)
+            sd[f"{module}.lora_magnitude_vector"] = tensor.reshape(shape)
+            continue
         if kind == "alpha":
             target = result.unet_alphas if prefix == UNET_PREFIX else result.te_alphas.setdefault(prefix, {})
             target[module] = float(tensor.item())

@@ -66,21 +66,23 @@ def addnet_hash_file(path: str | Path) -> str:
 
 def lora_layers(
     model: torch.nn.Module, adapter: str = "default"
-) -> dict[str, tuple[torch.Tensor, torch.Tensor, int, float]]:
-    """{module name: (lora_A weight, lora_B weight, rank, kohya alpha)} of a peft-injected model."""
+) -> dict[str, tuple[torch.Tensor, torch.Tensor, int, float, torch.Tensor | None]]:
+    """{module name: (lora_A weight, lora_B weight, rank, kohya alpha, DoRA magnitude or None)}
+    of a peft-injected model."""
     from peft.tuners.lora import LoraLayer
 
     layers = {}
     for name, module in model.named_modules():
         if not isinstance(module, LoraLayer) or adapter not in module.lora_A:
             continue
-        if module.use_dora.get(adapter) or module.lora_bias.get(adapter):
-            raise ValueError(f"{name}: DoRA and LoRA biases cannot be written as a kohya LoRA")
+        if module.lora_bias.get(adapter):
+            raise ValueError(f"{name}: LoRA biases cannot be written as a kohya LoRA")
         r, lora_alpha = module.r[adapter], float(module.lora_alpha[adapter])
         alpha = (
             lora_alpha * math.sqrt(r) if module.use_rslora.get(adapter) else lora_alpha
         )  # alpha/r = scaling
-        layers[name] = (module.lora_A[adapter].weight, module.lora_B[adapter].weight, r, alpha)
+        magnitude = module.lora_magnitude_vector[adapter].weight if module.use_dora.get(adapter) else None
+        layers[name] = (module.lora_A[adapter].weight, module.lora_B[adapter].weight, r, alpha, magnitude)
     return layers
 
 
@@ -93,7 +95,7 @@ def _peft_state(
         raise ValueError(f"{what} has no LoRA adapter {adapter!r}")
     rslora = False
     sd, alphas = {}, {}
-    for name, (a, b, r, kohya_alpha) in layers.items():
+    for name, (a, b, r, kohya_alpha, magnitude) in layers.items():
         module = model.get_submodule(name)
         rslora = rslora or bool(module.use_rslora.get(adapter))
         if r != rank or not math.isclose(float(module.lora_alpha[adapter]), float(alpha)):
@@ -103,6 +105,8 @@ def _peft_state(
             )
         name = clean_module_name(name)
         sd[f"{name}.lora_A.weight"], sd[f"{name}.lora_B.weight"] = a, b
+        if magnitude is not None:
+            sd[f"{name}.lora_magnitude_vector"] = magnitude
         alphas[name] = kohya_alpha
     return sd, alphas, rslora
 
@@ -131,6 +135,7 @@ def lora_metadata(
     targets,
     base_model,
     text_encoder: bool,
+    dora: bool = False,
 ) -> dict[str, str]:
     """kohya ``ss_*`` and Stability ``modelspec.*`` metadata, plus ``sdexp.*`` provenance."""
     width, height = (resolution, resolution) if isinstance(resolution, int) else tuple(resolution)
@@ -156,8 +161,14 @@ def lora_metadata(
         "sdexp.base_model": str(base_model),
         "sdexp.family": family.name,
     }
+    network_args = {}
     if targets == "all":  # conv layers too (LoCon); kohya records their dim/alpha here
-        meta["ss_network_args"] = json.dumps({"conv_dim": str(int(rank)), "conv_alpha": str(float(alpha))})
+        network_args.update({"conv_dim": str(int(rank)), "conv_alpha": str(float(alpha))})
+    if dora:  # LyCORIS's name for weight decomposition; ComfyUI/A1111 read dora_scale tensors
+        network_args.update({"algo": "lora", "dora_wd": "True"})
+        meta["sdexp.dora"] = "True"
+    if network_args:
+        meta["ss_network_args"] = json.dumps(network_args)
     if text_encoder:
         meta["sdexp.text_encoder_rank"] = str(int(te_rank))
         meta["sdexp.text_encoder_alpha"] = str(float(te_alpha))
@@ -167,7 +178,20 @@ def lora_metadata(
 def _adapter_metadata(sd: dict[str, torch.Tensor], rank: int, alpha: float, rslora: bool) -> dict:
     """The LoraConfig kwargs diffusers rebuilds the adapter from (so alpha ≠ rank round-trips)."""
     modules = sorted({k.rsplit(".lora_", 1)[0].removeprefix(TEXT_MODEL) for k in sd})
-    return {"r": int(rank), "lora_alpha": float(alpha), "target_modules": modules, "use_rslora": rslora}
+    dora = any(k.endswith(".lora_magnitude_vector") for k in sd)
+    return {
+        "r": int(rank),
+        "lora_alpha": float(alpha),
+        "target_modules": modules,
+        "use_rslora": rslora,
+        "use_dora": dora,
+    }
+
+
+def _te_key(key: str) -> str:
+    """transformers 5 loads a text encoder's DoRA magnitude only as ``….lora_magnitude_vector.weight``
+    (the parameter's own name); UNet keys keep peft's bare form, which diffusers maps itself."""
+    return key + ".weight" if key.endswith(".lora_magnitude_vector") else key
 
 
 def save_lora(
@@ -224,6 +248,7 @@ def save_lora(
         targets=targets,
         base_model=base_model,
         text_encoder=te_sd is not None,
+        dora=any(k.endswith(".lora_magnitude_vector") for k in [*unet_sd, *(te_sd or {})]),
     )
     for key, value in (extra_metadata or {}).items():
         if not isinstance(value, str):
@@ -238,7 +263,7 @@ def save_lora(
 
     # diffusers: text-encoder keys keep transformers 4's text_model. prefix (diffusers strips it for
     # transformers 5, ComfyUI expects it); target_modules are suffixes that match either layout.
-    te_layers = {TEXT_MODEL + k.removeprefix(TEXT_MODEL): v for k, v in te_sd.items()} if te_sd else None
+    te_layers = {_te_key(TEXT_MODEL + k.removeprefix(TEXT_MODEL)): v for k, v in te_sd.items()} if te_sd else None
     diffusers_dir = out_dir / DIFFUSERS_DIR
     diffusers_dir.mkdir(exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".lora-", dir=diffusers_dir) as tmp:

@@ -1,14 +1,23 @@
-"""Training methods: Lightning-style modules over one trainer. ``build_module`` picks by name."""
+"""Training methods: Lightning-style modules over one trainer. ``build_module`` picks by config.
+
+A method decides which parameters train and how they are saved; the data it trains on (concepts,
+class images for prior preservation) is resolved by the shared ``StableDiffusionModule``.
+"""
 
 from __future__ import annotations
 
 
 def build_module(cfg):
-    """The training module for ``cfg.method.name``."""
+    """The training module for ``cfg.method``: adapters (LoRA/DoRA) or the full UNet."""
     from sdexp.errors import ConfigError
 
     name = cfg.method.name
-    if name == "lora":
+    full = name == "finetune" or (name == "dreambooth" and cfg.method.adapter == "full")
+    if full:
+        from sdexp.methods.full import FullModule
+
+        return FullModule(cfg)
+    if name in ("lora", "dreambooth"):
         from sdexp.methods.lora import LoraModule
 
         return LoraModule(cfg)

@@ -86,6 +86,10 @@ class TrainingModule:
         (EMA swapped in), in eval mode; evaluation generates through it."""
         raise NotImplementedError(f"{type(self).__name__} cannot generate images")
 
+    def run_info(self) -> dict:
+        """Method-specific facts for run.json (e.g. cache use); {} by default."""
+        return {}
+
     def sample_images(self, prompts: list[str], seed: int) -> list:
         """Images for ``prompts`` from fixed seeds, without disturbing the training RNG."""
         return []

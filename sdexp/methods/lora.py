@@ -1,4 +1,5 @@
-"""LoRA (peft) on the UNet and optionally the text encoder, saved as kohya + diffusers files."""
+"""LoRA or DoRA (peft) on the UNet and optionally the text encoder (its own rank and learning rate),
+saved as kohya + diffusers files."""
 
 from __future__ import annotations
 
@@ -45,6 +46,7 @@ class LoraModule(StableDiffusionModule):
                 lora_alpha=self.alpha,
                 lora_dropout=m.dropout,
                 target_modules=unet_lora_targets(base.unet, m.targets),
+                use_dora=m.dora,
             )
         )
         modules = [base.unet]
@@ -56,6 +58,7 @@ class LoraModule(StableDiffusionModule):
                     lora_alpha=self.te_alpha,
                     lora_dropout=m.dropout,
                     target_modules=text_encoder_lora_targets(base.text_encoder),
+                    use_dora=m.dora,
                 ),
                 base.text_encoder,
                 adapter_name="default",

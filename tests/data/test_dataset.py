@@ -256,3 +256,98 @@ def test_file_removed_after_scan_is_user_error(tmp_path):
     path.unlink()
     with pytest.raises(UserError, match="gone.png"):
         ds[0]
+
+
+# ---------------------------------------------------------------- crop none (pad), small images, placement
+
+
+def test_crop_none_fits_inside_and_pads_with_the_colour():
+    img = Image.new("RGB", (60, 30), BLUE)
+    out, offset = resize_and_crop(img, 20, "none", random.Random(0), pad_color=(255, 0, 255))
+    assert out.size == (20, 20) and offset == (0, 0)
+    assert out.getpixel((10, 10)) == BLUE  # the whole image, 20x10, in the middle
+    assert out.getpixel((0, 0)) == out.getpixel((19, 19)) == (255, 0, 255)  # bands above and below
+    assert out.getpixel((0, 5)) == BLUE and out.getpixel((19, 14)) == BLUE  # nothing cut at the sides
+
+
+def test_crop_none_in_the_dataset_uses_data_pad_color(tmp_path):
+    save(Image.new("RGB", (20, 60), RED), tmp_path / "tall.png")
+    ds = load_dataset(tmp_path, resolution=30, default_prompt="x", crop="none", pad_color=[0, 255, 0])
+    px = ds[0]["pixel_values"]
+    assert px.shape == (3, 30, 30)
+    assert torch.equal(px[:, 15, 0], torch.tensor([-1.0, 1.0, -1.0]))  # green band at the left
+    assert torch.equal(px[:, 15, 15], torch.tensor([1.0, -1.0, -1.0]))  # red image in the middle
+    with pytest.raises(UserError, match="data.pad_color"):
+        load_dataset(tmp_path, resolution=30, default_prompt="x", crop="none", pad_color=[0, 256, 0])
+
+
+def test_items_carry_original_size_and_crop_offset_for_sdxl(tmp_path):
+    save(asymmetric_image((64, 32)), tmp_path / "a.png")
+    ds = load_dataset(tmp_path, resolution=16, default_prompt="x", crop="center")
+    item = ds[0]
+    assert item["original_size"] == (32, 64) and item["crop_top_left"] == (0, 8)
+    batch = collate([item, item])
+    assert batch["original_size"].tolist() == [[32, 64]] * 2 and batch["crop_top_left"].dtype == torch.long
+
+
+def test_flip_mirrors_the_crop_offset(tmp_path):
+    save(asymmetric_image((64, 16)), tmp_path / "a.png")  # resized to 64x16 -> crop 16 of 64
+    plain = load_dataset(tmp_path, resolution=16, default_prompt="x", crop="random", seed=1)
+    flipping = load_dataset(tmp_path, resolution=16, default_prompt="x", crop="random", flip=True, seed=1)
+    mirrored = 0
+    for epoch in range(12):
+        plain.set_epoch(epoch)
+        flipping.set_epoch(epoch)
+        a, b = plain[0], flipping[0]
+        if torch.equal(a["pixel_values"], b["pixel_values"]):
+            assert a["crop_top_left"] == b["crop_top_left"]
+        else:
+            assert torch.equal(torch.flip(a["pixel_values"], dims=[2]), b["pixel_values"])
+            assert b["crop_top_left"] == (0, 64 - a["crop_top_left"][1] - 16)
+            mirrored += 1
+    assert mirrored > 0
+
+
+def test_extreme_aspect_ratio_never_builds_a_huge_intermediate():
+    img = Image.new("RGB", (2, 3000), RED)  # covering 512 px would mean a 512 x 768000 image
+    out, (top, left) = resize_and_crop(img, 512, "center", random.Random(0))
+    assert out.size == (512, 512) and left == 0 and top == (768000 - 512) // 2
+    assert out.getpixel((256, 256)) == RED
+
+
+@pytest.mark.parametrize(
+    ("policy", "kept", "warned"), [("upscale", 2, False), ("warn", 2, True), ("skip", 1, True)]
+)
+def test_small_image_policy(tmp_path, policy, kept, warned):
+    save(asymmetric_image((40, 30)), tmp_path / "big.png")
+    save(asymmetric_image((20, 12)), tmp_path / "small.png")  # 12 px short side < 24
+    messages: list[str] = []
+    ds = load_dataset(tmp_path, resolution=24, default_prompt="x", small_images=policy, warn=messages.append)
+    assert len(ds) == kept
+    assert bool(messages) == warned
+    if warned:
+        assert "small.png" in messages[0] and "x2.00" in messages[0]
+    if policy == "skip":
+        assert [Path(r.path).name for r in ds.records] == ["big.png"]
+
+
+def test_small_image_skip_that_leaves_nothing_is_an_error(tmp_path):
+    save(asymmetric_image((20, 12)), tmp_path / "small.png")
+    with pytest.raises(UserError, match="data.small_images=skip leaves none"):
+        load_dataset(tmp_path, resolution=24, default_prompt="x", small_images="skip", warn=lambda _: None)
+    with pytest.raises(UserError, match="data.small_images"):
+        load_dataset(tmp_path, resolution=24, default_prompt="x", small_images="never")
+
+
+def test_collate_refuses_mixed_sizes_with_a_hint():
+    a = {"pixel_values": torch.zeros(3, 8, 8), "caption": "a", "path": "a"}
+    b = {"pixel_values": torch.zeros(3, 8, 16), "caption": "b", "path": "b"}
+    with pytest.raises(ValueError, match="BucketBatchSampler"):
+        collate([a, b])
+
+
+def test_item_can_be_fitted_to_another_items_size(tmp_path):
+    save(asymmetric_image((40, 30)), tmp_path / "a.png")
+    ds = load_dataset(tmp_path, resolution=16, default_prompt="x")
+    assert ds.item(0, target=(24, 8))["pixel_values"].shape == (3, 8, 24)
+    assert torch.equal(ds.item(0)["pixel_values"], ds[0]["pixel_values"])

@@ -43,11 +43,14 @@ def test_find_images_recursive_sorted_case_insensitive_and_skips_hidden(tmp_path
         make_image(tmp_path / "sub" / "c.JpEg", fmt="JPEG"),
         make_image(tmp_path / "sub" / "deep" / "d.webp"),
         make_image(tmp_path / "z" / "e.BMP", fmt="BMP"),
+        make_image(tmp_path / "anim.gif"),  # GIF is trained on (first frame)
+        make_image(tmp_path / "scan.TIFF", fmt="TIFF"),
     ]
     make_image(tmp_path / ".hidden.png")
     make_image(tmp_path / ".cache" / "f.png")
     make_image(tmp_path / "sub" / ".thumbs" / "g.jpg")
-    make_image(tmp_path / "anim.gif")
+    make_image(tmp_path / "layers.psd.png.bak", fmt="PNG")  # the extension decides, not the content
+    (tmp_path / "drawing.svg").write_text("<svg/>")
     (tmp_path / "notes.txt").write_text("not an image")
     (tmp_path / "folder.png").mkdir()  # a directory with an image-like name is not an image
 

@@ -121,7 +121,9 @@ def test_round_trip_every_sd15_module(sd15, use_lookup):
 
 
 def test_bad_keys_are_rejected():
-    with pytest.raises(ValueError, match="not a plain LoRA weight"):
+    with pytest.raises(ValueError, match="not a LoRA or DoRA weight"):
+        to_kohya_state_dict({"x.lora_bias.weight": torch.zeros(1)}, unet_alpha=1.0)
+    with pytest.raises(ValueError, match="lacks"):
         to_kohya_state_dict({"x.lora_magnitude_vector": torch.zeros(1)}, unet_alpha=1.0)
     with pytest.raises(ValueError, match="lacks"):
         to_kohya_state_dict({"x.lora_A.weight": torch.zeros(1, 1)}, unet_alpha=1.0)

@@ -211,3 +211,51 @@ def test_metadata_must_match_the_model(tmp_path):
         save(model, tmp_path, "attn", 8, 2.0)
     with pytest.raises(ValueError, match="no LoRA adapter"):
         save(load_base("tiny"), tmp_path, "attn", 4, 2.0)
+
+
+def test_dora_with_text_encoder_round_trips(tmp_path, base_image):
+    """DoRA on UNet and text encoder: the diffusers file reproduces the in-memory images; the kohya
+    file carries every module's dora_scale (lora_te_ included) and diffusers' kohya converter maps
+    them back to the exact magnitudes."""
+    from diffusers.loaders.lora_conversion_utils import _convert_non_diffusers_lora_to_diffusers
+
+    base = load_base("tiny")
+    torch.manual_seed(0)
+    base.unet.add_adapter(
+        LoraConfig(r=2, lora_alpha=2, target_modules=unet_lora_targets(base.unet, "transformer"), use_dora=True)
+    )
+    inject_adapter_in_model(
+        LoraConfig(r=2, lora_alpha=4, target_modules=text_encoder_lora_targets(base.text_encoder), use_dora=True),
+        base.text_encoder,
+    )
+    g = torch.Generator().manual_seed(1)
+    for module in (base.unet, base.text_encoder):
+        for name, p in module.named_parameters():
+            if "lora_B" in name:
+                p.data = torch.randn(p.shape, generator=g) * 0.1
+            if "lora_magnitude_vector" in name:  # a trained magnitude, not its initial value ||W||
+                p.data = p.data * (1 + 0.2 * torch.rand(p.shape, generator=g))
+    dora_image = image(base.pipeline())
+    assert np.abs(dora_image - base_image).max() > 1e-3
+    paths = save(base, tmp_path, "transformer", 2, 2.0, te_rank=2, te_alpha=4.0)
+
+    pipe = load_base("tiny").pipeline()
+    pipe.load_lora_weights(str(paths["diffusers"]), adapter_name="x")
+    np.testing.assert_allclose(image(pipe), dora_image, atol=1e-4)
+
+    with safe_open(paths["kohya"], "pt") as f:
+        kohya = {k: f.get_tensor(k) for k in f.keys()}
+        metadata = f.metadata()
+    assert json.loads(metadata["ss_network_args"])["dora_wd"] == "True"
+    downs = {k.split(".")[0] for k in kohya if k.endswith("lora_down.weight")}
+    scales = {k.split(".")[0] for k in kohya if k.endswith("dora_scale")}
+    assert scales == downs and any(n.startswith("lora_te_") for n in scales)
+    converted, _ = _convert_non_diffusers_lora_to_diffusers(dict(kohya))
+    converted_magnitudes = [v.reshape(-1) for k, v in converted.items() if "lora_magnitude_vector" in k]
+    peft_unet = get_peft_model_state_dict(base.unet)
+    ours = [v for k, v in {**peft_unet, **get_peft_model_state_dict(base.text_encoder)}.items() if "magnitude" in k]
+    assert len(converted_magnitudes) == len(ours) == len(scales)
+    for magnitude in ours:  # the converter's names differ (attn processors); the values must not
+        assert sum(torch.equal(magnitude.reshape(-1), c) for c in converted_magnitudes) >= 1
+    back = from_kohya_state_dict(kohya)  # and sdexp's own reader gives peft's tensors back, shapes included
+    assert all(torch.equal(back.unet[k], v) for k, v in peft_unet.items())
