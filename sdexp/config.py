@@ -259,8 +259,18 @@ def to_run_config(cfg: DictConfig | dict) -> RunConfig:
         run_config = OmegaConf.to_object(typed)
     except OmegaConfBaseException as err:
         raise ConfigError(describe_omegaconf_error(err)) from None
+    derive_defaults(run_config)
     validate(run_config)
     return run_config
+
+
+def derive_defaults(cfg: RunConfig) -> None:
+    """Defaults that follow from other keys, filled in before validation (and saved with the run):
+    DreamBooth's class prompts are the natural forgetting probe when no prior prompts are given."""
+    m, e = cfg.method, cfg.eval
+    if isinstance(m, DreamBoothMethodConfig) and not e.prior_prompts:
+        prompts = [c.class_prompt for c in cfg.data.concepts if c.class_prompt] or [m.class_prompt]
+        e.prior_prompts = list(dict.fromkeys(p for p in prompts if p))
 
 
 def _reject_unknown_keys(values: dict, schema: Any, prefix: str = "") -> None:

@@ -65,6 +65,13 @@ def build_optimizer(param_groups: list[dict], train_cfg) -> torch.optim.Optimize
     if t.optimizer == "prodigy":
         from prodigyopt import Prodigy
 
+        rates = {g.get("lr", t.lr) for g in param_groups} - {0}
+        if len(rates) > 1:
+            raise ConfigError(
+                "train.optimizer: prodigy adapts one step size for all parameters; leave method.text_encoder_lr "
+                "unset (or 0 to freeze) or use another optimizer"
+            )
+
         # Prodigy estimates the step size itself; train.lr multiplies it (1.0 is the intended value).
         return Prodigy(
             param_groups,

@@ -45,8 +45,9 @@ class Concept:
 def _has_images_directly(folder: Path) -> bool:
     from sdexp.data.scan import IMAGE_EXTENSIONS
 
+    # os.path.isfile, not DirEntry.is_file: a symlink loop is "not a file" here rather than an OSError
     return any(
-        e.is_file() and not e.name.startswith(".") and e.name.lower().endswith(IMAGE_EXTENSIONS)
+        not e.name.startswith(".") and e.name.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(e.path)
         for e in os.scandir(folder)
     )
 

@@ -42,6 +42,13 @@ def _checkpoint_step(run_dir: Path, name: str) -> int | None:
     return int(name.split("-")[1]) if name.startswith("step-") else None
 
 
+def _checkpoint_target(folder: Path, step: int | None) -> Target:
+    """A LoRA checkpoint scores on the base; a full fine-tune's is a pipeline folder of its own."""
+    if (folder / "model_index.json").is_file():
+        return Target(folder.name, step, model=folder)
+    return Target(folder.name, step, lora=folder / "lora.safetensors")
+
+
 def targets_for(path: Path, checkpoints: list[str]) -> tuple[Path | None, list[Target]]:
     """(the run folder the target belongs to, or None; what to score besides the base)."""
     path = path.expanduser().resolve()
@@ -60,10 +67,11 @@ def targets_for(path: Path, checkpoints: list[str]) -> tuple[Path | None, list[T
                     f"--checkpoint: {missing[0]} is not in {path / 'checkpoints'} (there: {names})"
                 )
             found = [path / "checkpoints" / c for c in checkpoints]
-        targets = [Target(p.name, _checkpoint_step(path, p.name), lora=p / "lora.safetensors") for p in found]
+        targets = [_checkpoint_target(p, _checkpoint_step(path, p.name)) for p in found]
         return run_dir, sorted(targets, key=lambda t: (t.step is None, t.step or 0, t.name))
-    if path.is_dir() and (path / "model_index.json").is_file():
-        return None, [Target(path.name, None, model=path)]
+    if path.is_dir() and (path / "model_index.json").is_file():  # a model, or a full fine-tune's checkpoint
+        step = _checkpoint_step(run_dir, path.name) if run_dir else None
+        return run_dir, [Target(path.name, step, model=path)]
     if path.is_dir() and (path / "lora.safetensors").is_file():
         step = _checkpoint_step(run_dir, path.name) if run_dir else None
         return run_dir, [Target(path.name, step, lora=path / "lora.safetensors")]

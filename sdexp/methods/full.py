@@ -60,7 +60,11 @@ class FullModule(StableDiffusionModule):
         groups = [{"name": "unet", "params": list(self.base.unet.parameters()), "lr": t.lr}]
         if self.text_encoder_trains:
             groups.append(
-                {"name": "text_encoder", "params": list(self.base.text_encoder.parameters()), "lr": m.text_encoder_lr or t.lr}
+                {
+                    "name": "text_encoder",
+                    "params": list(self.base.text_encoder.parameters()),
+                    "lr": m.text_encoder_lr or t.lr,
+                }
             )
         return build_optimizer_and_scheduler(groups, t)
 

@@ -15,7 +15,9 @@ from sdexp.data.concepts import Concept
 from sdexp.data.scan import ImageRecord, scan_folder
 
 
-def user_class_records(concept: Concept, limit: int, *, caption_extension: str, skip_bad: bool) -> list[ImageRecord]:
+def user_class_records(
+    concept: Concept, limit: int, *, caption_extension: str, skip_bad: bool
+) -> list[ImageRecord]:
     """The concept's own class images (at most ``limit``), captioned with the class prompt unless a
     sidecar says otherwise; read before any model loads, so a bad folder fails early."""
     if concept.class_dir is None or limit == 0:
@@ -47,7 +49,10 @@ def generated_class_records(
     if count <= 0:
         return [], 0
     settings = SamplingSettings(
-        sampler=method.class_sampler, steps=method.class_steps, guidance=method.class_guidance, size=resolution
+        sampler=method.class_sampler,
+        steps=method.class_steps,
+        guidance=method.class_guidance,
+        size=resolution,
     )
     cache = BaseGenerations(
         model_ref, settings, device=str(device), batch_size=method.class_batch_size, pipeline=pipeline
@@ -56,7 +61,9 @@ def generated_class_records(
     seeds = [method.class_seed + i for i in range(count)]
     todo = len(cache.missing(prompts, seeds))
     if todo:
-        notify(f"class images for {concept.name}: generating {todo} of {count} with the base model ({cache.folder})")
+        notify(
+            f"class images for {concept.name}: generating {todo} of {count} with the base model ({cache.folder})"
+        )
 
     def progress(done: int, total: int) -> None:
         notify(f"  class images {done}/{total}")

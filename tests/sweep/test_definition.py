@@ -72,14 +72,14 @@ def test_shipped_sweeps_parse(tmp_path):
     from pathlib import Path
 
     shipped = sorted((Path(__file__).resolve().parents[2] / "sweeps").glob("*.yaml"))
-    assert {p.stem for p in shipped} >= {"demo", "lr_rank_grid", "lora_random", "lora_tpe"}
+    assert {p.stem for p in shipped} >= {"demo", "lr_rank_grid", "lora_random", "lora_tpe", "dreambooth_tpe"}
     for path in shipped:
         d = load_definition(path)
         assert d.n_trials >= 1
-        check_composes(
-            d,
-            ["data.dir=/tmp", "model=tiny"] if "model=tiny_shapes" not in d.overrides else ["data.dir=/tmp"],
-        )
+        extra = ["data.dir=/tmp", "model=tiny"] if "model=tiny_shapes" not in d.overrides else ["data.dir=/tmp"]
+        if "method=dreambooth" in d.overrides:  # the user names the subject and its class
+            extra += ["method.instance_prompt=a photo of sks dog", "method.class_prompt=a photo of dog"]
+        check_composes(d, extra)
 
 
 def test_pruners_see_infeasible_checkpoints_as_worse_than_any_feasible_one():
