@@ -17,7 +17,7 @@ import json
 import time
 from pathlib import Path
 
-METRICS = ("eval/forgetting/clip_t_change", "eval/forgetting/fid", "eval/clip_i")
+METRICS = ("eval/forgetting/subject_leak", "eval/forgetting/fid", "eval/forgetting/clip_t_change", "eval/clip_i")
 # The forgetting probe: the class prompt itself (DreamBooth's language drift: does "a star" turn into
 # the striped subject?), or, with --probe stars, coloured star prompts (does the class forget colours?).
 PROBES = {"class": ["a star"]}
@@ -31,18 +31,20 @@ PROBES["stars"] = [
 def overrides(
     data: Path, *, seed: int, steps: int, lr: float, prior: bool, class_images: int, targets: str, weight: float,
     probe: list[str],
+    probe_images: int,
 ) -> list[str]:
     return [
         "model=tiny_shapes",
         "method=dreambooth",
         "eval=shapes",
         "eval.images=8",
-        "eval.prior_images=16",
+        f"eval.prior_images={probe_images}",
         "eval.prior_prompts=[" + ",".join(f"'{p}'" for p in probe) + "]",
         "method.class_seed=1000",  # class images other than the probe's base images (eval seeds 0..)
         "logger=none",
         f"data.dir={data}",
         "method.instance_prompt=a sks star",
+        "data.caption_extension=.dreambooth",  # no such sidecars: every image is "a sks star", as in DreamBooth
         "method.class_prompt=a star",
         f"method.prior_preservation={str(prior).lower()}",
         f"method.num_class_images={class_images}",
@@ -82,6 +84,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--class-images", type=int, default=32)
     parser.add_argument("--targets", default="transformer")
     parser.add_argument("--probe", choices=sorted(PROBES), default="class")
+    parser.add_argument("--probe-images", type=int, default=32, help="prior-prompt images per scoring")
     parser.add_argument("--prior-loss-weight", type=float, default=1.0)
     args = parser.parse_args(argv)
     from sdexp.quiet import quiet_libraries
@@ -106,6 +109,7 @@ def main(argv: list[str] | None = None) -> None:
                 targets=args.targets,
                 weight=args.prior_loss_weight,
                 probe=PROBES[args.probe],
+                probe_images=args.probe_images,
             )
             for prior in (False, True)
         }

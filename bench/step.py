@@ -1,7 +1,9 @@
-"""sdexp's LoRA training step against the diffusers-example step, same model, same run.
+"""sdexp's training step against the diffusers-example step, same model, same run.
 
     python bench/step.py                                   # CPU: tiny model, batch 1,4
     python bench/step.py --model sd15-arch --batch 1,4,8   # GPU default: SD 1.5 arch, 512 px, bf16
+    python bench/step.py --method finetune --batch 4 [--optimizer adamw8bit] [--gradient-checkpointing] [--ema]
+                                                           # full fine-tune (train_text_to_image.py's step)
 
 Each (implementation, batch) runs in its own subprocess so that its peak memory is its own.
 Both take the same fixed synthetic pixel batch and caption, skip ``--warmup`` steps, and report
@@ -14,6 +16,10 @@ noisy; only the ratio within one run means much) and writes everything to a JSON
   CPU by default), SDPA attention, peft LoRA rank 4 on to_q/to_k/to_v/to_out.0, MSE against
   epsilon, backward (GradScaler under fp16, as accelerate does), clip_grad_norm_(1.0), AdamW
   step, zero_grad, and ``loss.item()`` (the example logs the loss every step too).
+* ``--method finetune``: the reference is the step of diffusers' ``train_text_to_image.py`` (every
+  UNet weight in fp32 under autocast, AdamW or bitsandbytes AdamW8bit over the UNet, EMA step
+  with ``--ema``, gradient checkpointing with ``--gradient-checkpointing``); sdexp runs
+  ``method=finetune`` with the same settings.
 * sdexp: ``LoraModule`` with method.rank=4 method.targets=attn, driven by the real
   ``Trainer.fit`` over an in-memory dataset of the same pixels; a callback times the interval
   between consecutive ``on_train_step_end`` calls (validation is off; the final checkpoint is
@@ -124,21 +130,37 @@ def run_reference(args, device) -> dict:
     base = load_base(model_ref(args.model), dtype=weight_dtype)
     unet, vae, text_encoder, noise_scheduler = base.unet, base.vae, base.text_encoder, base.noise_scheduler
     torch.manual_seed(0)
-    unet.add_adapter(
-        LoraConfig(
-            r=LORA_RANK,
-            lora_alpha=LORA_RANK,
-            init_lora_weights="gaussian",
-            target_modules=["to_k", "to_q", "to_v", "to_out.0"],
+    ema = None
+    if args.method == "finetune":  # train_text_to_image.py: the whole UNet, in fp32 master weights
+        unet.to(torch.float32)
+        unet.requires_grad_(True)
+        if args.gradient_checkpointing:
+            unet.enable_gradient_checkpointing()
+    else:
+        unet.add_adapter(
+            LoraConfig(
+                r=LORA_RANK,
+                lora_alpha=LORA_RANK,
+                init_lora_weights="gaussian",
+                target_modules=["to_k", "to_q", "to_v", "to_out.0"],
+            )
         )
-    )
-    if weight_dtype != torch.float32:
-        cast_training_params(unet, dtype=torch.float32)  # LoRA weights train in fp32
+        if weight_dtype != torch.float32:
+            cast_training_params(unet, dtype=torch.float32)  # LoRA weights train in fp32
     for m in (unet, vae, text_encoder):
         m.to(device)
     unet.train()
     lora_params = [p for p in unet.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(lora_params, lr=1e-4, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8)
+    if args.optimizer == "adamw8bit":
+        import bitsandbytes as bnb
+
+        optimizer = bnb.optim.AdamW8bit(lora_params, lr=1e-4, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8)
+    else:
+        optimizer = torch.optim.AdamW(lora_params, lr=1e-4, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8)
+    if args.ema:
+        from diffusers.training_utils import EMAModel
+
+        ema = EMAModel(lora_params, decay=0.9999)
     forward = unet
     if args.compile:
         forward = torch.compile(unet)
@@ -169,6 +191,8 @@ def run_reference(args, device) -> dict:
         scaler.step(optimizer)
         scaler.update()
         optimizer.zero_grad(set_to_none=True)
+        if ema is not None:
+            ema.step(lora_params)
         losses.append(loss.detach().item())
 
     meter = Meter(device, args.warmup, args.steps)
@@ -188,11 +212,15 @@ def run_reference(args, device) -> dict:
 # ----- sdexp: LoraModule through the real Trainer.fit ---------------------------------------
 def sdexp_overrides(args, total_steps: int) -> list[str]:
     model = ["model=tiny"] if args.model == "tiny" else ["model=sd15", f"model.path={sd15_arch_dir()}"]
+    if args.method == "finetune":
+        method = ["method=finetune", f"method.ema_decay={0.9999 if args.ema else 0}", "method.ema_warmup=false"]
+    else:
+        method = ["method=lora", f"method.rank={LORA_RANK}", "method.targets=attn"]
     return [
         *model,
-        "method=lora",
-        f"method.rank={LORA_RANK}",
-        "method.targets=attn",
+        *method,
+        f"train.optimizer={args.optimizer}",
+        f"train.gradient_checkpointing={str(args.gradient_checkpointing).lower()}",
         f"train.batch_size={args.batch}",
         f"train.mixed_precision={args.precision}",
         f"train.steps={total_steps}",
@@ -205,13 +233,20 @@ def sdexp_overrides(args, total_steps: int) -> list[str]:
 
 
 class SyntheticImages:
-    """``n`` items cycling over the fixed pixel batch, all with the fixed caption."""
+    """``n`` items cycling over the fixed pixel batch, all with the fixed caption: the training set's
+    interface (one concept, one bucket, no cache) without reading files, like the reference."""
+
+    caption_policy = None
 
     def __init__(self, pixels, n: int):
         self.pixels, self.n = pixels, n
+        self.buckets_per_item = [tuple(pixels.shape[:1:-1])] * n
 
     def set_epoch(self, epoch: int) -> None:
         pass
+
+    def repeats(self) -> list[int]:
+        return [1] * self.n
 
     def __len__(self) -> int:
         return self.n
@@ -221,24 +256,30 @@ class SyntheticImages:
             "pixel_values": self.pixels[i % len(self.pixels)],
             "caption": CAPTION,
             "path": f"synthetic-{i}",
+            "cache_key": None,
+            "concept": 0,
+            "loss_weight": 1.0,
         }
 
 
 def run_sdexp(args, device) -> dict:
     from sdexp.callbacks.base import Callback
+    from sdexp.data.concepts import Concept
     from sdexp.entry import compose_run_config
-    from sdexp.methods.lora import LoraModule
+    from sdexp.methods import build_module
     from sdexp.trainer import Trainer
 
     meter = Meter(device, args.warmup, args.steps)
     total = meter.total
     cfg = compose_run_config(sdexp_overrides(args, total))
     t = cfg.train
-    module = LoraModule(cfg)
+    module = build_module(cfg)
     resolution = 64 if args.model == "tiny" else 512
     pixels, _ = fixed_inputs(args, None, resolution)
     module.train_dataset = SyntheticImages(pixels, args.batch * total)  # setup() skips load_data
     module.val_dataset = None
+    module.concepts = [Concept("synthetic", Path("synthetic"), CAPTION, None, None)]
+    module.user_class_records = {}
     losses = []
 
     class Timer(Callback):
@@ -340,6 +381,10 @@ def spawn(args, impl: str, batch: int | None) -> dict | None:
     ]
     if batch is not None:
         cmd += ["--batch", str(batch)]
+    cmd += ["--method", args.method, "--optimizer", args.optimizer]
+    for flag in ("gradient_checkpointing", "ema"):
+        if getattr(args, flag):
+            cmd.append("--" + flag.replace("_", "-"))
     if args.compile:
         cmd.append("--compile")
     if args.with_logging:
@@ -425,6 +470,10 @@ def main(argv=None) -> int:
         help="torch CPU threads per worker; default 1 on CPU (steady timings on a shared box), 0 = torch's default",
     )
     p.add_argument("--compile", action="store_true", help="torch.compile the UNet where supported")
+    p.add_argument("--method", choices=("lora", "finetune"), default="lora", help="LoRA (default) or full fine-tune")
+    p.add_argument("--optimizer", choices=("adamw", "adamw8bit"), default="adamw", help="adamw8bit needs CUDA")
+    p.add_argument("--gradient-checkpointing", action="store_true", help="both sides checkpoint the UNet")
+    p.add_argument("--ema", action="store_true", help="full fine-tune: both sides keep an EMA (decay 0.9999)")
     p.add_argument(
         "--with-logging",
         action="store_true",

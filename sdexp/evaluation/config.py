@@ -88,7 +88,9 @@ def expected_metrics(e: EvalConfig, *, held_out: bool) -> set[str]:
         names |= {"eval/fid", "eval/kid", "eval/fid_samples"}
     if e.prior_prompts:
         names |= {"eval/prompt_drift"}
-        names |= {f"eval/forgetting/{k}" for k in ("clip_t_base", "clip_t_change", "fid", "kid", "samples")}
+        names |= {
+            f"eval/forgetting/{k}" for k in ("clip_t_base", "clip_t_change", "fid", "kid", "samples", "subject_leak")
+        }
     return names
 
 

@@ -120,6 +120,7 @@ class Evaluator:
         )
         self._generations_root = generations_root
         self._base_prior: list | None = None
+        self._base_prior_clip: torch.Tensor | None = None  # the base prior images, encoded once
         # What every checkpoint is compared with, encoded once.
         self._reference_clip = self.clip.encode_images(self.references)
         self._training_clip = self.clip.encode_images(self.training) if self.training else None
@@ -209,6 +210,13 @@ class Evaluator:
             probe = forgetting_probe(clip, base, prior, self.prior_prompts)
             for key in ("clip_t_base", "clip_t_change", "fid", "kid", "samples"):
                 metrics[f"eval/forgetting/{key}"] = probe[f"forgetting/{key}"]
+            # DreamBooth's language drift: how much more the prior (class) images look like the
+            # subject than the base's did for the same prompts and seeds (0 = no leak).
+            if self._base_prior_clip is None:
+                self._base_prior_clip = clip.encode_images(base)
+            metrics["eval/forgetting/subject_leak"] = mean_similarity(
+                clip.encode_images(prior), self._reference_clip
+            ) - mean_similarity(self._base_prior_clip, self._reference_clip)
             token = cfg.token or "\0"  # prior prompts never hold the token (checked at the door)
             metrics["eval/prompt_drift"] = prompt_drift(clip, prior, self.prior_prompts, token)
         return Evaluation(

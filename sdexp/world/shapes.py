@@ -231,6 +231,8 @@ class Concept:
 CONCEPTS: dict[str, Concept] = {
     "striped_star": Concept("star", ("red", "white"), "stripes"),
     "checker_square": Concept("square", ("blue", "yellow"), "checker"),
+    # A second star: two concepts of one class, told apart only by their tokens (tests of several concepts)
+    "checker_star": Concept("star", ("blue", "yellow"), "checker"),
 }
 STRIPES = 7  # bands across the shape's height (2 r): the same look at every size
 CHECKER = 4  # cells along the square's side (1.6 r)
