@@ -17,7 +17,12 @@ import json
 import time
 from pathlib import Path
 
-METRICS = ("eval/forgetting/subject_leak", "eval/forgetting/fid", "eval/forgetting/clip_t_change", "eval/clip_i")
+METRICS = (
+    "eval/forgetting/subject_leak",
+    "eval/forgetting/fid",
+    "eval/forgetting/clip_t_change",
+    "eval/clip_i",
+)
 # The forgetting probe: the class prompt itself (DreamBooth's language drift: does "a star" turn into
 # the striped subject?), or, with --probe stars, coloured star prompts (does the class forget colours?).
 PROBES = {"class": ["a star"]}
@@ -29,7 +34,15 @@ PROBES["stars"] = [
 
 
 def overrides(
-    data: Path, *, seed: int, steps: int, lr: float, prior: bool, class_images: int, targets: str, weight: float,
+    data: Path,
+    *,
+    seed: int,
+    steps: int,
+    lr: float,
+    prior: bool,
+    class_images: int,
+    targets: str,
+    weight: float,
     probe: list[str],
     probe_images: int,
 ) -> list[str]:
@@ -117,8 +130,12 @@ def main(argv: list[str] | None = None) -> None:
         print(f"seed {seed}")
         for m in METRICS:
             a, b = arms[False][m], arms[True][m]
-            print(f"  {m:32s} no prior {a:9.3f}   prior {b:9.3f}   prior/no prior {b / a if a else float('nan'):6.2f}")
-        print(f"  {'seconds':32s} no prior {arms[False]['seconds']:9.1f}   prior {arms[True]['seconds']:9.1f}")
+            print(
+                f"  {m:32s} no prior {a:9.3f}   prior {b:9.3f}   prior/no prior {b / a if a else float('nan'):6.2f}"
+            )
+        print(
+            f"  {'seconds':32s} no prior {arms[False]['seconds']:9.1f}   prior {arms[True]['seconds']:9.1f}"
+        )
     (args.out / "prior_preservation.json").write_text(json.dumps(rows, indent=2))
 
 

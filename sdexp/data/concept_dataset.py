@@ -92,7 +92,9 @@ class ConceptDataset(Dataset):
     def __len__(self) -> int:
         return len(self.instances)
 
-    def _image(self, dataset: ImageCaptionDataset, i: int, target: tuple[int, int] | None, prefix: str) -> dict:
+    def _image(
+        self, dataset: ImageCaptionDataset, i: int, target: tuple[int, int] | None, prefix: str
+    ) -> dict:
         """Item ``i`` of ``dataset`` as cached latents when the cache has them, else as pixels."""
         key = None
         if self.latent_cache is not None:
@@ -109,7 +111,11 @@ class ConceptDataset(Dataset):
                         **({"path": str(record.path)} if not prefix else {}),
                     }
         item = dataset.item(i, target)
-        out = {f"{prefix}pixel_values": item["pixel_values"], f"{prefix}caption": item["caption"], f"{prefix}cache_key": key}
+        out = {
+            f"{prefix}pixel_values": item["pixel_values"],
+            f"{prefix}caption": item["caption"],
+            f"{prefix}cache_key": key,
+        }
         if not prefix:
             out.update({k: item[k] for k in ("path", "original_size", "crop_top_left")})
         return out

@@ -97,7 +97,9 @@ def resolve_concepts(cfg) -> list[Concept]:
             )
         return _unique_names(concepts)
     if not d.dir:
-        raise ConfigError("data.dir: no data folder given; pass data.dir=DIR (a folder of images) or data.concepts")
+        raise ConfigError(
+            "data.dir: no data folder given; pass data.dir=DIR (a folder of images) or data.concepts"
+        )
     root = Path(d.dir).expanduser()
     prompt = (m.instance_prompt if m.name == "dreambooth" else None) or d.prompt
     class_prompt = m.class_prompt if prior else None
@@ -130,7 +132,11 @@ def instance_token(prompt: str | None, class_prompt: str | None, token: str | No
         return token
     if not prompt or not class_prompt:
         return None
-    extra = [w for w in re.findall(r"[\w-]+", prompt.lower()) if w not in set(re.findall(r"[\w-]+", class_prompt.lower()))]
+    extra = [
+        w
+        for w in re.findall(r"[\w-]+", prompt.lower())
+        if w not in set(re.findall(r"[\w-]+", class_prompt.lower()))
+    ]
     return extra[0] if len(extra) == 1 else None
 
 

@@ -44,6 +44,8 @@ class StableDiffusionModule(TrainingData, TrainingModule):
         self._text_memo: dict[str, torch.Tensor] = {}
         self.cache_stats = {"latents_encoded": 0, "latents_from_cache": 0}
         self.class_images_generated = 0
+        self.concepts: list = []  # set by load_data (a from-scratch stage has its own data)
+        self.user_class_records: dict = {}
 
     # ----- set-up -------------------------------------------------------------------------
     @property
@@ -70,7 +72,7 @@ class StableDiffusionModule(TrainingData, TrainingModule):
         device = trainer.device
         for module in (self.base.unet, self.base.vae, self.base.text_encoder):
             module.to(device)
-        if self.cfg.method.name == "dreambooth":
+        if getattr(self.cfg.method, "name", None) == "dreambooth":
             self._warn_about_token()
         if self.user_class_records:
             self._attach_class_images()

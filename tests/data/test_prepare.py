@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import warnings
@@ -18,7 +17,7 @@ from sdexp.data.dataset import collate, load_dataset
 from sdexp.data.options import BucketOptions
 from sdexp.data.transforms import to_tensor
 
-from .test_hostile import BAD, GOOD, ORPHAN, make_hostile_folder, textured
+from .hostile_files import BAD, GOOD, ORPHAN, folder_state, make_hostile_folder, textured
 
 
 @pytest.fixture()
@@ -38,22 +37,6 @@ def sdexp(capsys):
     os.environ.clear()
     os.environ.update(env)
     warnings.filters[:] = filters
-
-
-def folder_state(root: Path) -> dict[str, tuple]:
-    """Every entry under ``root`` (links not followed): content hash or link target, and mtime."""
-    state = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
-            path = Path(dirpath, name)
-            st = path.lstat()
-            if path.is_symlink():
-                state[str(path)] = ("link", os.readlink(path), st.st_mtime_ns)
-            elif path.is_file():
-                state[str(path)] = (hashlib.sha256(path.read_bytes()).hexdigest(), st.st_mtime_ns)
-            else:
-                state[str(path)] = ("dir" if path.is_dir() else "other", st.st_mtime_ns)
-    return state
 
 
 @pytest.fixture()

@@ -30,7 +30,10 @@ def test_kohya_folders_are_concepts_with_repeats_and_prompts(kohya_root, compose
     found = kohya_subfolders(kohya_root)
     assert [(r, p) for r, p, _ in found] == [(10, "sks toy"), (2, "zwx toy")]
     concepts = resolve_concepts(compose(*BASE, f"data.dir={kohya_root}"))
-    assert [(c.name, c.repeats, c.prompt) for c in concepts] == [("10_sks_toy", 10, "sks toy"), ("2_zwx_toy", 2, "zwx toy")]
+    assert [(c.name, c.repeats, c.prompt) for c in concepts] == [
+        ("10_sks_toy", 10, "sks toy"),
+        ("2_zwx_toy", 2, "zwx toy"),
+    ]
     # a folder with images of its own, or an unconventional subfolder, is an ordinary folder
     write_demo_images(kohya_root / "extra", n=1)
     assert kohya_subfolders(kohya_root) == []

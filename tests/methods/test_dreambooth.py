@@ -55,7 +55,11 @@ def test_class_images_are_generated_once_and_reused(tmp_path, toy_images, compos
     assert len(list((private_cache / "generations").rglob("*.png"))) == 3
 
     # Asking for more generates only the new ones (seeds class_seed + i extend the same set).
-    train_run(compose(*DB, f"data.dir={toy_images}", "method.num_class_images=5"), tmp_path / "more", notify=lambda *_: None)
+    train_run(
+        compose(*DB, f"data.dir={toy_images}", "method.num_class_images=5"),
+        tmp_path / "more",
+        notify=lambda *_: None,
+    )
     assert _run_json(tmp_path / "more")["data"]["class_images_generated"] == 2
 
 
@@ -79,11 +83,15 @@ def test_the_loss_is_instance_plus_weighted_prior(tmp_path, toy_images, compose,
     assert len(steps) == 3
     for s in steps:
         assert s["train/prior_loss"] > 0 and s["train/instance_loss"] > 0
-        assert s["train/loss"] == pytest.approx(s["train/instance_loss"] + 0.25 * s["train/prior_loss"], rel=1e-5)
+        assert s["train/loss"] == pytest.approx(
+            s["train/instance_loss"] + 0.25 * s["train/prior_loss"], rel=1e-5
+        )
 
 
 def test_without_prior_preservation_no_class_images_are_made(tmp_path, toy_images, compose, private_cache):
-    cfg = compose(*DB, f"data.dir={toy_images}", "method.prior_preservation=false", "method.class_prompt=null")
+    cfg = compose(
+        *DB, f"data.dir={toy_images}", "method.prior_preservation=false", "method.class_prompt=null"
+    )
     train_run(cfg, tmp_path / "run", notify=lambda *_: None)
     assert not (private_cache / "generations").exists()
     steps = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -132,7 +140,6 @@ def test_a_common_token_is_warned_about_in_a_run(tmp_path, toy_images, compose, 
     )
     train_run(cfg, tmp_path / "run", notify=lambda *_: None)
     assert "'red' is a common word" in capsys.readouterr().out
-
 
 
 def test_the_class_prompt_is_the_default_forgetting_probe(compose, toy_images):

@@ -48,20 +48,30 @@ def test_cached_training_equals_uncached_and_the_second_run_encodes_nothing(tmp_
     cache = tmp_path / "cache"
     plain = train_run(_config(toy_images, cache), tmp_path / "plain", notify=lambda *_: None)
     cold = train_run(
-        _config(toy_images, cache, "data.cache.latents=true", "data.cache.text=true"), tmp_path / "cold", notify=lambda *_: None
+        _config(toy_images, cache, "data.cache.latents=true", "data.cache.text=true"),
+        tmp_path / "cold",
+        notify=lambda *_: None,
     )
     warm = train_run(
-        _config(toy_images, cache, "data.cache.latents=true", "data.cache.text=true"), tmp_path / "warm", notify=lambda *_: None
+        _config(toy_images, cache, "data.cache.latents=true", "data.cache.text=true"),
+        tmp_path / "warm",
+        notify=lambda *_: None,
     )
     reference = _losses(plain.run_dir)
     assert len(reference) == 8
     for run in (cold, warm):
         assert _losses(run.run_dir) == pytest.approx(reference, rel=1e-5, abs=1e-6)
         assert _val(run.run_dir) == pytest.approx(_val(plain.run_dir), rel=1e-5, abs=1e-6)
-    stats = {name: json.loads((tmp_path / name / "run.json").read_text())["data"]["cache"] for name in ("cold", "warm")}
+    stats = {
+        name: json.loads((tmp_path / name / "run.json").read_text())["data"]["cache"]
+        for name in ("cold", "warm")
+    }
     assert stats["cold"]["latents_encoded"] > 0
     assert stats["warm"]["latents_encoded"] == 0  # every latent, training and validation, from disk
-    assert stats["warm"]["latents_from_cache"] == stats["cold"]["latents_encoded"] + stats["cold"]["latents_from_cache"]
+    assert (
+        stats["warm"]["latents_from_cache"]
+        == stats["cold"]["latents_encoded"] + stats["cold"]["latents_from_cache"]
+    )
     assert stats["warm"]["text_encoded"] == 0 and stats["warm"]["text_from_cache"] > 0
     # 8 steps × 2 images over 6 images is ~3 epochs of flips drawn per epoch: some images have been
     # seen both ways, none more than both ways.
@@ -70,7 +80,9 @@ def test_cached_training_equals_uncached_and_the_second_run_encodes_nothing(tmp_
 
 
 def test_random_crops_are_turned_off_plainly_with_the_latent_cache(tmp_path, toy_images, capsys):
-    cfg = _config(toy_images, tmp_path / "cache", "data.cache.latents=true", "data.crop=random", "train.steps=2")
+    cfg = _config(
+        toy_images, tmp_path / "cache", "data.cache.latents=true", "data.crop=random", "train.steps=2"
+    )
     train_run(cfg, tmp_path / "run", notify=lambda *_: None)
     assert "random crops become centre crops" in capsys.readouterr().out
 
@@ -129,7 +141,8 @@ def test_a_sweep_encodes_each_image_once(tmp_path, toy_images):
     outcome = runner.run()
     assert outcome.completed == 3
     stats = [
-        json.loads(p.read_text())["data"]["cache"] for p in sorted((tmp_path / "sweep" / "trials").glob("*/run.json"))
+        json.loads(p.read_text())["data"]["cache"]
+        for p in sorted((tmp_path / "sweep" / "trials").glob("*/run.json"))
     ]
     assert len(stats) == 3
     assert stats[0]["latents_encoded"] == 6  # 4 steps × 4 = 16 views of 6 images, no flips: 6 encodes

@@ -51,7 +51,9 @@ def test_checkpoints_hold_ema_weights_and_load_in_diffusers(tmp_path, toy_images
     final = tmp_path / "run" / "checkpoints" / "final"
     saved = load_file(final / "unet" / "diffusion_pytorch_model.safetensors")
     raw = dict(module.base.unet.named_parameters())
-    ema = dict(zip([n for n, p in module.base.unet.named_parameters()], module.ema.shadow_params, strict=True))
+    ema = dict(
+        zip([n for n, p in module.base.unet.named_parameters()], module.ema.shadow_params, strict=True)
+    )
     name = "conv_in.weight"
     assert not torch.equal(ema[name], raw[name])  # EMA lags the raw weights ...
     torch.testing.assert_close(saved[name], ema[name].cpu(), rtol=0, atol=0)  # ... and is what was saved
@@ -72,17 +74,27 @@ def test_checkpoints_hold_ema_weights_and_load_in_diffusers(tmp_path, toy_images
 
 
 def test_without_ema_the_raw_weights_are_saved(tmp_path, toy_images, compose):
-    module, _ = _fit(compose(*FT, f"data.dir={toy_images}", "method.ema_decay=0", "train.steps=2"), tmp_path / "run")
+    module, _ = _fit(
+        compose(*FT, f"data.dir={toy_images}", "method.ema_decay=0", "train.steps=2"), tmp_path / "run"
+    )
     assert module.ema is None
-    saved = load_file(tmp_path / "run" / "checkpoints" / "final" / "unet" / "diffusion_pytorch_model.safetensors")
-    torch.testing.assert_close(saved["conv_in.weight"], module.base.unet.conv_in.weight.detach().cpu(), rtol=0, atol=0)
+    saved = load_file(
+        tmp_path / "run" / "checkpoints" / "final" / "unet" / "diffusion_pytorch_model.safetensors"
+    )
+    torch.testing.assert_close(
+        saved["conv_in.weight"], module.base.unet.conv_in.weight.detach().cpu(), rtol=0, atol=0
+    )
 
 
 def test_the_text_encoder_trains_with_its_own_rate_when_asked(tmp_path, toy_images, compose):
     from sdexp.models.loading import load_base
 
     cfg = compose(
-        *FT, f"data.dir={toy_images}", "method.train_text_encoder=true", "method.text_encoder_lr=5e-4", "train.steps=2"
+        *FT,
+        f"data.dir={toy_images}",
+        "method.train_text_encoder=true",
+        "method.text_encoder_lr=5e-4",
+        "train.steps=2",
     )
     module, trainer = _fit(cfg, tmp_path / "run")
     assert [g["lr"] for g in trainer.optimizer.param_groups] == [1e-3, 5e-4]
@@ -106,7 +118,9 @@ def test_dreambooth_full_adapter_trains_the_unet_with_the_prior(tmp_path, toy_im
         "train.steps=2",
     )
     module, trainer = _fit(cfg, tmp_path / "run")
-    assert type(module).__name__ == "FullModule" and module.ema is None  # dreambooth's ema_decay defaults to 0
+    assert (
+        type(module).__name__ == "FullModule" and module.ema is None
+    )  # dreambooth's ema_decay defaults to 0
     assert "train/prior_loss" in trainer.state.last_logs
     assert (tmp_path / "run" / "checkpoints" / "final" / "model_index.json").is_file()
 

@@ -86,7 +86,10 @@ def test_two_concepts_of_one_class_each_follow_their_token(tmp_path, compose):
     )
     result = train_run(cfg, tmp_path / "run", notify=lambda *_: None)
     clip = load_clip(resolve_clip_spec("auto", "tiny_shapes"))
-    refs = {t: clip.encode_images([Image.open(p).convert("RGB") for p in sorted(d.glob("*.png"))]) for t, d in folders.items()}
+    refs = {
+        t: clip.encode_images([Image.open(p).convert("RGB") for p in sorted(d.glob("*.png"))])
+        for t, d in folders.items()
+    }
     settings = SamplingSettings(steps=10, guidance=4.0)
 
     def margins(lora) -> dict[str, float]:
@@ -94,7 +97,9 @@ def test_two_concepts_of_one_class_each_follow_their_token(tmp_path, compose):
         pipe, _ = sampling_pipeline("tiny_shapes", lora=lora)
         out = {}
         for token, other in (("sks", "zwx"), ("zwx", "sks")):
-            prompts = [f"a {token} star on a {bg} background" for bg in ("blue", "green", "white", "black")] * 4
+            prompts = [
+                f"a {token} star on a {bg} background" for bg in ("blue", "green", "white", "black")
+            ] * 4
             images = clip.encode_images(generate_images(pipe, prompts, list(range(16)), settings, 64))
             out[token] = mean_similarity(images, refs[token]) - mean_similarity(images, refs[other])
         return out
