@@ -361,7 +361,7 @@ def validate_method(method: MethodConfig, d: DataConfig) -> None:
         _choice("method.adapter", method.adapter, ADAPTERS)
         if method.adapter == "full" and method.dora:
             raise ConfigError("method.dora: DoRA is a LoRA variant; set method.adapter=lora or method.dora=false")
-        _positive("method.num_class_images", method.num_class_images, allow_zero=True)
+        _positive("method.num_class_images", method.num_class_images, allow_zero=not method.prior_preservation)
         _positive("method.prior_loss_weight", method.prior_loss_weight, allow_zero=True)
         _choice("method.class_sampler", method.class_sampler, tuple(SAMPLERS))
         _positive("method.class_steps", method.class_steps)

@@ -61,6 +61,15 @@ def _build_logger(logger_cfg, config: dict, run_dir: Path, notify):
     return MultiLogger(loggers), loggers[1] if len(loggers) > 1 else None
 
 
+def _training_device(setting: str) -> str:
+    """The device type ``train.device`` will give (``auto``: CUDA when present)."""
+    import torch
+
+    if setting == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return setting
+
+
 def preflight(cfg: RunConfig, *, require_judge: bool = True):
     """Everything about a run's inputs that can fail before a model loads, so mistakes fail in
     seconds: the data scans, the model resolves, val/* objectives have validation data and, with
@@ -70,8 +79,10 @@ def preflight(cfg: RunConfig, *, require_judge: bool = True):
     from sdexp.evaluation.scorer import resolve_clip_spec
     from sdexp.methods import build_module
     from sdexp.models.loading import resolve_model_dir
+    from sdexp.optim import check_optimizer
 
     module = build_module(cfg)
+    check_optimizer(cfg.train.optimizer, _training_device(cfg.train.device))
     module.load_data()
     model_ref = cfg.model.path or cfg.model.name
     resolve_model_dir(model_ref)
@@ -96,7 +107,6 @@ def train_run(cfg: RunConfig, run_dir: str | Path, *, notify=print, callbacks=()
     """Train one run into ``run_dir`` and return where things went; ``callbacks`` join the
     trainer's (a sweep's pruning callback does)."""
     from sdexp.evaluation.setup import build_scoring
-    from sdexp.optim import check_optimizer
     from sdexp.trainer import Trainer
 
     quiet_libraries()
@@ -115,7 +125,6 @@ def train_run(cfg: RunConfig, run_dir: str | Path, *, notify=print, callbacks=()
             "train.early_stopping.patience: early stopping needs validation; set data.val_images > 0"
         )
     trainer = Trainer.from_config(t, run_dir, callbacks=list(callbacks))  # checks the device first
-    check_optimizer(t.optimizer, trainer.device)
     scoring = build_scoring(cfg, module, run_dir, trainer.device, notify)
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir)

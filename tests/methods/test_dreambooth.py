@@ -105,6 +105,7 @@ def test_without_prior_preservation_no_class_images_are_made(tmp_path, toy_image
         (["method.class_prompt=null"], "method.class_prompt: prior preservation needs the class prompt"),
         (["method.adapter=half"], "method.adapter: 'half' is not one of lora, full"),
         (["method.prior_loss_weight=-1"], "method.prior_loss_weight: must be >= 0"),
+        (["method.num_class_images=0"], "method.num_class_images: must be > 0"),  # a prior needs class images
         (["method.adapter=full", "method.dora=true"], "method.dora: DoRA is a LoRA variant"),
     ],
 )

@@ -95,3 +95,12 @@ def test_an_unknown_optimizer_is_refused_at_the_door(compose):
 
     with pytest.raises(ConfigError, match="train.optimizer: 'sgd' is not one of adamw, adamw8bit, adafactor, prodigy"):
         compose("data.dir=/tmp", "train.optimizer=sgd")
+
+
+def test_a_sweep_or_run_with_8bit_adamw_on_cpu_fails_before_loading(compose, toy_images):
+    from sdexp.errors import ConfigError
+    from sdexp.run import preflight
+
+    cfg = compose(f"data.dir={toy_images}", "data.prompt=a toy", "train.optimizer=adamw8bit", "train.device=cpu")
+    with pytest.raises(ConfigError, match="adamw8bit"):
+        preflight(cfg, require_judge=False)
