@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import uuid
 from pathlib import Path
 
@@ -34,6 +35,15 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     except OSError:
         pass
     return path
+
+
+def link_or_copy(src: str | Path, dst: str | Path) -> None:
+    """A hard link of ``src`` at ``dst`` (files that are never rewritten in place share their
+    bytes), or a copy where the filesystem cannot link. Usable as ``shutil.copytree``'s copy_function."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
 
 
 def write_json_atomic(path: str | Path, data: dict) -> Path:

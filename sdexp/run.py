@@ -61,15 +61,6 @@ def _build_logger(logger_cfg, config: dict, run_dir: Path, notify):
     return MultiLogger(loggers), loggers[1] if len(loggers) > 1 else None
 
 
-def _training_device(setting: str) -> str:
-    """The device type ``train.device`` will give (``auto``: CUDA when present)."""
-    import torch
-
-    if setting == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return setting
-
-
 def preflight(cfg: RunConfig, *, require_judge: bool = True):
     """Everything about a run's inputs that can fail before a model loads, so mistakes fail in
     seconds: the data scans, the model resolves, val/* objectives have validation data and, with
@@ -80,9 +71,10 @@ def preflight(cfg: RunConfig, *, require_judge: bool = True):
     from sdexp.methods import build_module
     from sdexp.models.loading import resolve_model_dir
     from sdexp.optim import check_optimizer
+    from sdexp.trainer import resolve_device
 
     module = build_module(cfg)
-    check_optimizer(cfg.train.optimizer, _training_device(cfg.train.device))
+    check_optimizer(cfg.train.optimizer, resolve_device(cfg.train.device, "train.device"))
     module.load_data()
     model_ref = cfg.model.path or cfg.model.name
     resolve_model_dir(model_ref)

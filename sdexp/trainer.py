@@ -29,6 +29,14 @@ def check_device(device: str, key: str) -> None:
         raise UserError(f"{key}: cuda was asked for but no CUDA device is visible; use {key}=auto")
 
 
+def resolve_device(device: str, key: str) -> str:
+    """The device type a setting gives: checked, and ``auto`` = CUDA when visible, else the CPU."""
+    check_device(device, key)
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
 @dataclass
 class TrainerState:
     """What callbacks may read: progress, the latest logs and validation metrics."""

@@ -15,7 +15,7 @@ import shutil
 import time
 from pathlib import Path
 
-from sdexp.atomic import write_json_atomic
+from sdexp.atomic import link_or_copy, write_json_atomic
 from sdexp.callbacks.base import Callback
 from sdexp.evaluation.objective import Score, score_all
 from sdexp.rng import isolated_rng
@@ -30,13 +30,6 @@ def copy_checkpoint(source: Path, dest: Path) -> None:
     staging = dest.parent / f".{dest.name}.partial"
     old = dest.parent / f".{dest.name}.old"
     shutil.rmtree(staging, ignore_errors=True)
-
-    def link_or_copy(src, dst):
-        try:
-            os.link(src, dst)
-        except OSError:
-            shutil.copy2(src, dst)
-
     shutil.copytree(source, staging, copy_function=link_or_copy)
     shutil.rmtree(old, ignore_errors=True)
     if dest.exists():

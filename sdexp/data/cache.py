@@ -28,17 +28,22 @@ from sdexp.atomic import atomic_write_bytes
 _DIGESTS: dict[tuple[str, int, int], str] = {}
 
 
+def sha256_file(path: str | Path) -> str:
+    """sha256 of a file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def file_digest(path: str | Path) -> str:
-    """sha256 of a file's bytes, remembered per (path, size, mtime) so each file is read once."""
+    """``sha256_file``, remembered per (path, size, mtime) so each file is read once per process."""
     path = Path(path)
     st = path.stat()
     stamp = (str(path), st.st_size, st.st_mtime_ns)
     if stamp not in _DIGESTS:
-        digest = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-        _DIGESTS[stamp] = digest.hexdigest()
+        _DIGESTS[stamp] = sha256_file(path)
     return _DIGESTS[stamp]
 
 

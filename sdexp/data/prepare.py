@@ -8,7 +8,6 @@ can start (exit 0) or what must be fixed first (exit 2). Nothing is written insi
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ from pathlib import Path
 from PIL import Image
 
 from sdexp.data.buckets import target_sizes
+from sdexp.data.cache import sha256_file
 from sdexp.data.captions import caption_path, check_caption_extension, read_caption
 from sdexp.data.dataset import augment, item_rng
 from sdexp.data.options import BucketOptions
@@ -171,14 +171,6 @@ def open_report_dir(report: Path, root: Path, *, explicit: bool) -> tuple[Path, 
     return report, thumbs
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def difference_hash(img: Image.Image) -> int:
     """64-bit dHash: is each pixel of a 9x8 grey thumbnail brighter than its right neighbour.
     Survives resizing and recompression; a few bits change for small edits."""
@@ -250,7 +242,7 @@ def _entry(path, decoded, o: PrepareOptions, result: PrepareResult, report_dir, 
     skipped = o.small_images == "skip" and scale > 1.0
     entry = Entry(
         path, w, h, decoded.format, decoded.notes(), caption, source, target, scale, skipped,
-        sha256=_sha256(path), dhash=difference_hash(img),
+        sha256=sha256_file(path), dhash=difference_hash(img),
         colours=img.resize((8, 8), Image.Resampling.BOX).tobytes(), caption_error=error,
     )  # fmt: skip
     if report_dir is not None:

@@ -10,17 +10,6 @@ from pathlib import Path
 from sdexp.errors import ConfigError
 
 
-def _device(device: str) -> str:
-    import torch
-
-    from sdexp.trainer import check_device
-
-    check_device(device, "--device")
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
 def evaluate_targets(
     cfg, targets, *, device: str = "auto", with_base: bool = True, out: Path | None = None, notify=print
 ):
@@ -34,6 +23,7 @@ def evaluate_targets(
     from sdexp.generate import check_loras, load_loras
     from sdexp.quiet import quiet_libraries
     from sdexp.rng import isolated_rng
+    from sdexp.trainer import resolve_device
 
     quiet_libraries()
     d = cfg.data
@@ -44,7 +34,7 @@ def evaluate_targets(
     records = scan_folder(
         d.dir, default_prompt=d.prompt, caption_extension=d.caption_extension, skip_bad=d.skip_bad
     )
-    dev = _device(device)
+    dev = resolve_device(device, "--device")
     evaluator, off = build_evaluator(cfg, records, run_resolution(cfg), dev)
     if evaluator is None:
         raise ConfigError(f"eval: nothing to score with ({off})")

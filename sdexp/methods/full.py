@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from sdexp.atomic import link_or_copy
 from sdexp.methods.stable_diffusion import StableDiffusionModule
 from sdexp.optim import build_optimizer_and_scheduler
 
@@ -91,7 +92,7 @@ class FullModule(StableDiffusionModule):
         """A pipeline folder: trained components written fresh, frozen ones linked from the run's copy."""
         run_dir = self.trainer.run_dir
         frozen = self._frozen_components(run_dir / FROZEN_DIR)
-        _link_tree(frozen, ckpt_dir)
+        shutil.copytree(frozen, ckpt_dir, copy_function=link_or_copy, dirs_exist_ok=True)
         self.on_validation_start()
         try:
             paths = {"unet": ckpt_dir / "unet"}
@@ -123,17 +124,3 @@ class FullModule(StableDiffusionModule):
             self.base.text_encoder.save_pretrained(staging / "text_encoder", safe_serialization=True)
         os.replace(staging, folder)
         return folder
-
-
-def _link_tree(source: Path, dest: Path) -> None:
-    """Hard-link every file of ``source`` under ``dest`` (copy where links are impossible)."""
-    for path in source.rglob("*"):
-        target = dest / path.relative_to(source)
-        if path.is_dir():
-            target.mkdir(parents=True, exist_ok=True)
-            continue
-        target.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.link(path, target)
-        except OSError:
-            shutil.copy2(path, target)

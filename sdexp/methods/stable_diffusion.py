@@ -8,6 +8,7 @@ A subclass says which parameters train (``configure_adapters``) and how they are
 from __future__ import annotations
 
 import math
+from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -46,6 +47,7 @@ class StableDiffusionModule(TrainingData, TrainingModule):
         self.class_images_generated = 0
         self.concepts: list = []  # set by load_data (a from-scratch stage has its own data)
         self.user_class_records: dict = {}
+        self.images_seen: Counter[int] = Counter()  # per concept index, logged with several concepts
 
     # ----- set-up -------------------------------------------------------------------------
     @property

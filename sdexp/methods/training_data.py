@@ -20,6 +20,10 @@ class TrainingData:
         from sdexp.methods.prior import user_class_records
 
         d = self.cfg.data
+        crop = d.crop
+        if crop == "random" and d.cache.latents:
+            print("data.cache.latents: cached latents need a fixed crop, so random crops become centre crops")
+            crop = "center"
         self.concepts = resolve_concepts(self.cfg)
         policy = self._caption_policy()
         records, concept_of = [], []
@@ -31,7 +35,7 @@ class TrainingData:
             records += found
             concept_of += [index] * len(found)
         self.train_dataset = ConceptDataset(
-            ImageCaptionDataset(records, **self._image_options(d.crop, d.flip)),
+            ImageCaptionDataset(records, **self._image_options(crop, d.flip)),
             concept_of,
             self.concepts,
             caption_policy=policy,
@@ -77,13 +81,6 @@ class TrainingData:
 
     def _image_options(self, crop: str, flip: bool) -> dict:
         d = self.cfg.data
-        if crop == "random" and d.cache.latents:
-            if not getattr(self, "_said_random_crop", False):
-                print(
-                    "data.cache.latents: cached latents need a fixed crop, so random crops become centre crops"
-                )
-                self._said_random_crop = True
-            crop = "center"
         return dict(
             resolution=self.resolution,
             crop=crop,
@@ -219,7 +216,5 @@ class TrainingData:
         """Images seen so far per concept (logged only when there are several)."""
         if len(self.concepts) < 2:
             return {}
-        counts = self._seen = getattr(self, "_seen", [0] * len(self.concepts))
-        for c in concept.tolist():
-            counts[c] += 1
-        return {f"train/images/{self.concepts[i].name}": float(v) for i, v in enumerate(counts)}
+        self.images_seen.update(concept.tolist())
+        return {f"train/images/{c.name}": float(self.images_seen[i]) for i, c in enumerate(self.concepts)}
