@@ -1,1 +1,1 @@
-"""Run and study analysis (tables, plots, HTML report) — filled by the sweep issue."""
+"""Reading sweeps and runs back: the HTML report (`sdexp report`), SVG charts. Installed with sdexp."""

@@ -1,6 +1,7 @@
 """An HTML report of a sweep, built only from its Optuna study and its trials' run folders.
 
-python -m analysis.report SWEEP [--out DIR]      # writes DIR/index.html (default SWEEP/report/)
+sdexp report SWEEP [--out DIR]                  # writes DIR/index.html (default SWEEP/report/)
+python -m analysis.report SWEEP [--out DIR]     # the same, from a checkout
 
 The page is one file with inline SVG charts; images are copied into DIR/images/ so the folder can be
 moved or shared on its own. Anything missing (a run folder, best.json, samples) shows as "—".
@@ -11,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import re
 import shlex
 import shutil
@@ -20,8 +22,16 @@ from pathlib import Path
 
 from analysis.svg_chart import PALETTE, axis_titles, line_chart, ticks, y_gridline
 from sdexp.atomic import atomic_write_bytes
-from sdexp.sweep.best import best_trials, complete_trials, direction_sign, is_feasible, ranked_trials
-from sdexp.sweep.layout import REPORT_DIR, SweepInfo, load_study, read_sweep_info, trial_dir
+from sdexp.sweep.best import (
+    best_trials,
+    complete_trials,
+    direction_sign,
+    failed_rows,
+    is_feasible,
+    ranked_trials,
+    trial_run_dir,
+)
+from sdexp.sweep.layout import REPORT_DIR, SweepInfo, load_study, read_sweep_info
 from sdexp.tracking.run_folder import read_metrics, sanitise_key
 
 STATES = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
@@ -35,11 +45,6 @@ figcaption{font-size:11px;max-width:200px}code{background:#f4f4f4;padding:2px 4p
 
 
 # ---- reading ---------------------------------------------------------------------------------------
-
-
-def _run_dir(sweep_dir: Path, trial) -> Path:
-    rel = trial.user_attrs.get("run_dir")
-    return sweep_dir / rel if rel else trial_dir(sweep_dir, trial.number)
 
 
 def _read_json(path: Path) -> dict:
@@ -173,6 +178,29 @@ def _best_html(info: SweepInfo, best: list) -> str:
     return f"<h2>{title}</h2><ul>{''.join(items)}</ul>"
 
 
+def _failures_html(sweep_dir: Path, study, out: Path) -> str:
+    """Each failed trial's error in full and a link to its run.log (output and traceback)."""
+    failed = failed_rows(sweep_dir, study)
+    if not failed:
+        return ""
+    rows = []
+    for f in failed:
+        log = Path(f["log"])
+        shown = escape(os.path.relpath(log, sweep_dir))
+        link = (
+            f'<a href="{escape(os.path.relpath(log, out), quote=True)}">{shown}</a>'
+            if log.is_file()
+            else f"{shown} (missing)"
+        )
+        params = ", ".join(f"{k} = {_fmt(v)}" for k, v in f["params"].items())
+        rows.append(
+            f'<tr><td>{f["trial"]}</td><td class="l">{escape(_fmt(f["error"]))}</td>'
+            f'<td class="l">{escape(params)}</td><td class="l">{link}</td></tr>'
+        )
+    head = '<tr><th>#</th><th class="l">error</th><th class="l">parameters</th><th class="l">log</th></tr>'
+    return f"<h2>Failed trials ({len(failed)})</h2><table>{head}{''.join(rows)}</table>"
+
+
 def importances(info: SweepInfo, study) -> dict[str, float]:
     """Optuna's parameter importances for the first objective (raises when there is too little data)."""
     import optuna
@@ -299,7 +327,7 @@ def _param_charts_html(info: SweepInfo, study) -> str:
 
 def _curves_html(info: SweepInfo, sweep_dir: Path, top: list) -> str:
     """The first objective and val/loss over steps for the top trials, one chart per metric."""
-    rows = {t.number: _safe_metrics(_run_dir(sweep_dir, t)) for t in top}
+    rows = {t.number: _safe_metrics(trial_run_dir(sweep_dir, t)) for t in top}
     charts = []
     for key in (f"objective/{info.objectives[0]}", "val/loss"):
         series = {}
@@ -346,7 +374,7 @@ def _samples_html(sweep_dir: Path, trial, images_dir: Path) -> str:
     head = "<h2>Samples of the best trial</h2>"
     if trial is None:
         return f"{head}<p>{DASH}</p>"
-    run_dir = _run_dir(sweep_dir, trial)
+    run_dir = trial_run_dir(sweep_dir, trial)
     step = _read_json(run_dir / "best.json").get("step", trial.user_attrs.get("best_step"))
     folder = run_dir / "samples" / SAMPLES_KEY
     parts = []
@@ -372,6 +400,7 @@ def write_report(sweep_dir: str | Path, out: str | Path | None = None) -> Path:
         _header_html(info, study),
         _best_html(info, best),
         _trials_table_html(info, study, {t.number for t in best}),
+        _failures_html(sweep_dir, study, out),
         _importances_html(info, study),
         _param_charts_html(info, study),
         _curves_html(info, sweep_dir, top),
@@ -385,9 +414,20 @@ def write_report(sweep_dir: str | Path, out: str | Path | None = None) -> Path:
     return atomic_write_bytes(out / "index.html", page.encode("utf-8"))
 
 
-def main(argv: list[str] | None = None) -> int:
+def report(sweep_dir: str | Path, out: str | Path | None = None) -> Path:
+    """``write_report``, printing where the page went and the dashboard command (for the CLIs)."""
     import optuna
 
+    with warnings.catch_warnings():  # the storage's heartbeat options are noise to a reader
+        warnings.filterwarnings("ignore", category=FutureWarning, module=r"optuna|sdexp\.sweep")
+        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+        path = write_report(sweep_dir, out)
+    print(f"report: {path}")
+    print(f"dashboard: {dashboard_command(read_sweep_info(sweep_dir).storage)}")
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
     from sdexp.errors import UserError, report_and_exit
 
     parser = argparse.ArgumentParser(description="Write an HTML report of a sweep folder.")
@@ -395,15 +435,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="default: SWEEP_DIR/report")
     args = parser.parse_args(argv)
     try:
-        with warnings.catch_warnings():  # the storage's heartbeat options are noise to a reader
-            warnings.filterwarnings("ignore", category=FutureWarning, module=r"optuna|sdexp\.sweep")
-            warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-            path = write_report(args.sweep_dir, args.out)
-        info = read_sweep_info(args.sweep_dir)
+        report(args.sweep_dir, args.out)
     except UserError as err:
         report_and_exit(err, "analysis.report: error")
-    print(f"report: {path}")
-    print(f"dashboard: {dashboard_command(info.storage)}")
     return 0
 
 

@@ -46,11 +46,11 @@ class BaseGenerations:
         pipeline=None,
     ):
         from sdexp.models.fingerprint import model_fingerprint
-        from sdexp.models.loading import native_resolution, resolve_model_dir
+        from sdexp.models.loading import native_resolution, resolve_model
         from sdexp.models.tiny import cache_root
 
         self.model, self.settings, self.device, self.batch_size = str(model), settings, device, batch_size
-        self.model_dir = resolve_model_dir(model)
+        self.model_dir = resolve_model(model)
         self.size = settings.size or native_resolution(model)
         self.fingerprint = model_fingerprint(self.model_dir)
         root = Path(root) if root else cache_root() / "generations"
@@ -124,7 +124,7 @@ def sampling_pipeline(
     base = load_base(model)
     pipe = base.pipeline(make_scheduler(sampler, base.noise_scheduler.config))
     if lora is not None:
-        load_loras(pipe, check_loras([(lora, 1.0)]), base.family.name)
+        load_loras(pipe, check_loras([(lora, 1.0)]), base.family)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device), base.native_resolution
 
@@ -135,15 +135,16 @@ def generate_images(
 ) -> list:
     """One image per (prompt, seed) from ``pipe`` (whose scheduler is ``settings.sampler``), each
     from its own generator, so a checkpoint's images pair with the base's image for image."""
-    device = pipe.device
-    generators = [torch.Generator(device=device).manual_seed(seed) for seed in seeds]
-    out = pipe(
+    from sdexp.sampling import run_pipeline
+
+    generators = [torch.Generator(device=pipe.device).manual_seed(seed) for seed in seeds]
+    return run_pipeline(
+        pipe,
         list(prompts),
-        negative_prompt=[settings.negative_prompt] * len(prompts) if settings.negative_prompt else None,
-        num_inference_steps=settings.steps,
-        guidance_scale=settings.guidance,
-        height=size,
+        generators=generators,
+        steps=settings.steps,
+        guidance=settings.guidance,
         width=size,
-        generator=generators,
+        height=size,
+        negative_prompt=settings.negative_prompt,
     )
-    return out.images

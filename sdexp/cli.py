@@ -26,6 +26,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "sdexp.sweep.cli",
     "sdexp.data.caption_cli",
     "sdexp.data.cli",
+    "analysis.cli",  # `sdexp report`; analysis/ is installed with sdexp
 )
 
 
@@ -179,33 +180,35 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 @subcommand(
     "export-model",
-    help="write a base model (built-in name or folder) as a diffusers folder",
+    help="write a model (built-in, folder or file; optionally with LoRAs merged) as a diffusers folder or one .safetensors",
     args=[
-        arg("model", metavar="NAME_OR_PATH"),
-        arg("out", metavar="OUT", type=Path),
+        arg("model", metavar="SRC", help="built-in name, diffusers folder (a full fine-tune checkpoint too) or checkpoint file"),
+        arg("out", metavar="OUT", type=Path, help="a new folder (diffusers) or FILE.safetensors (single-file)"),
+        arg("--format", default="diffusers", choices=["diffusers", "single-file"]),
         arg("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"]),
+        arg("--lora", action="append", default=[], metavar="FILE", help="merge this LoRA in; repeatable"),
+        arg("--lora-scale", action="append", type=float, metavar="S", help="one scale per --lora, or one for all"),
+        arg("--family", default="auto", choices=["auto", "sd1", "sd2", "sdxl"]),
+        arg("--allow-pickle", action="store_true", help="open a .ckpt (pickle) SRC; only for files you trust"),
     ],
 )
 def cmd_export_model(args: argparse.Namespace) -> int:
-    import os
-    import shutil
-    import tempfile
+    from sdexp.export.model_files import check_destination, export_model
 
     out: Path = args.out.expanduser()
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise UserError(f"OUT: {out} exists and is not empty; choose a new folder")
-    from sdexp.models.loading import DTYPES, load_base
-
+    check_destination(out, args.format)  # fails before the libraries load
+    loras = _lora_pairs(args.lora, args.lora_scale)
     quiet_libraries()
-    base = load_base(args.model, dtype=DTYPES[args.dtype])
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    try:
-        base.pipeline().save_pretrained(staging, safe_serialization=True)
-        os.replace(staging, out)  # atomic; replaces an empty folder
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    print(out)
+    path = export_model(
+        args.model,
+        out,
+        fmt=args.format,
+        dtype=args.dtype,
+        loras=loras,
+        family=args.family,
+        allow_pickle=args.allow_pickle,
+    )
+    print(path)
     return 0
 
 

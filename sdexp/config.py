@@ -20,7 +20,11 @@ from sdexp.errors import ConfigError
 from sdexp.evaluation.config import EvalConfig, expected_metrics, validate_eval
 from sdexp.samplers import SAMPLERS
 
-BUILTIN_MODELS = ("tiny", "tiny_shapes")  # names that need no model.path (sdexp.models.loading)
+# Names that need no model.path (sdexp.models.loading): random-weight models of each family, and
+# tiny_shapes, trained by sdexp.
+BUILTIN_MODELS = ("tiny", "tiny_sd2", "tiny_sdxl", "tiny_shapes")
+FAMILIES = ("auto", "sd1", "sd2", "sdxl")  # sdexp.models.families (kept here: no torch at the door)
+SAVE_DTYPES = ("fp32", "fp16", "bf16")
 
 LORA_TARGETS = ("attn", "transformer", "all")
 SCHEDULERS = (
@@ -48,14 +52,16 @@ ADAPTERS = ("lora", "full")
 class ModelConfig:
     """Which base model to fine-tune and how its frozen weights are held."""
 
-    name: str = "tiny"  # built-in "tiny" or "tiny_shapes"; "sd15" (needs path); any name when path is set
-    family: str = "sd1"
-    path: str | None = None  # a diffusers-format folder
+    name: str = "tiny"  # a built-in (tiny, tiny_sd2, tiny_sdxl, tiny_shapes); sd15/sd2/sdxl need path
+    family: str = "auto"  # auto = detected from the folder's configs or the file's keys; sd1 | sd2 | sdxl
+    path: str | None = None  # a single-file checkpoint (.safetensors) or a diffusers-format folder
     variant: str | None = None  # e.g. "fp16"; null = detect from the files present
     dtype: str = "auto"  # frozen weights; auto = the mixed-precision dtype, else fp32
+    vae: str | None = None  # a replacement VAE: .safetensors file or diffusers folder (e.g. SDXL's fp16-fix)
+    vae_dtype: str = "auto"  # auto = dtype, but fp32 where the family's VAE overflows in fp16 (SDXL)
     prediction_type: str | None = None  # null = from the model's scheduler config
-    resolution: int | None = None  # null = the family's native resolution
-    allow_pickle: bool = False  # load .bin (pickle) weights; they can run code
+    resolution: int | None = None  # null = the model's native resolution
+    allow_pickle: bool = False  # load .ckpt/.bin (pickle) weights; they can run code
 
 
 @dataclass
@@ -74,9 +80,11 @@ class LoraMethodConfig(MethodConfig):
     alpha: float | None = None  # null = rank (scale 1.0)
     targets: str = "transformer"  # attn | transformer | all
     dropout: float = 0.0
-    train_text_encoder: bool = False
+    train_text_encoder: bool = False  # every text encoder of the family (SDXL: both)
     text_encoder_lr: float | None = None  # null = train.lr
     text_encoder_rank: int | None = None  # null = rank
+    text_encoder_2_lr: float | None = None  # SDXL's second encoder (OpenCLIP bigG); null = text_encoder_lr
+    text_encoder_2_rank: int | None = None  # null = text_encoder_rank
     dora: bool = False  # weight-decomposed LoRA (peft use_dora); exported with kohya dora_scale
 
 
@@ -183,6 +191,8 @@ class TrainConfig:
     resolution: int | None = None  # null = model.resolution or the family's native one
     min_snr_gamma: float | None = None
     noise_offset: float = 0.0
+    zero_terminal_snr: bool = False  # rescale the noise schedule to zero SNR at its last step (Lin et al.)
+    save_dtype: str = "fp32"  # full fine-tune checkpoints: fp16/bf16 halve their size
     checkpoint_every: int = 0  # 0 = only the final checkpoint
     val_every: int = 0  # 0 = validate only at checkpoints and at the end
     val_timesteps: int = 8  # fixed timestep grid of the validation loss
@@ -264,13 +274,20 @@ def to_run_config(cfg: DictConfig | dict) -> RunConfig:
     return run_config
 
 
+DREAMBOOTH_PRIOR_IMAGES = 16  # images of the class prompt(s) a DreamBooth scoring makes (as eval=dreambooth)
+
+
 def derive_defaults(cfg: RunConfig) -> None:
     """Defaults that follow from other keys, filled in before validation (and saved with the run):
-    DreamBooth's class prompts are the natural forgetting probe when no prior prompts are given."""
+    DreamBooth's class prompts are the natural forgetting probe when no prior prompts are given,
+    with as many images as eval=dreambooth makes."""
     m, e = cfg.method, cfg.eval
-    if isinstance(m, DreamBoothMethodConfig) and not e.prior_prompts:
+    if isinstance(m, DreamBoothMethodConfig) and e.prior_prompts is None:
         prompts = [c.class_prompt for c in cfg.data.concepts if c.class_prompt] or [m.class_prompt]
-        e.prior_prompts = list(dict.fromkeys(p for p in prompts if p))
+        prompts = list(dict.fromkeys(p for p in prompts if p))
+        if prompts:  # none: derived from the captions when the evaluator is built
+            e.prior_prompts = prompts
+            e.prior_images = e.prior_images or max(DREAMBOOTH_PRIOR_IMAGES, len(prompts))
 
 
 def _reject_unknown_keys(values: dict, schema: Any, prefix: str = "") -> None:
@@ -312,12 +329,15 @@ def validate(cfg: RunConfig) -> None:
     """Check choices and ranges; raise ConfigError naming the first bad key."""
     m, t, d, lg = cfg.model, cfg.train, cfg.data, cfg.logger
     _choice("model.dtype", m.dtype, MODEL_DTYPES)
+    _choice("model.vae_dtype", m.vae_dtype, MODEL_DTYPES)
+    _choice("model.family", m.family, FAMILIES)
     if m.prediction_type is not None:
         _choice("model.prediction_type", m.prediction_type, PREDICTION_TYPES)
     _positive("model.resolution", m.resolution, optional=True)
     if m.name not in BUILTIN_MODELS and not m.path:
         raise ConfigError(
-            f"model.path: model={m.name} needs model.path=DIR (a diffusers-format Stable Diffusion folder)"
+            f"model.path: model={m.name} needs model.path=FILE_OR_DIR (a .safetensors checkpoint or a "
+            "diffusers-format folder)"
         )
     validate_method(cfg.method, cfg.data)
     _choice("data.crop", d.crop, CROPS)
@@ -352,6 +372,8 @@ def validate_method(method: MethodConfig, d: DataConfig) -> None:
         if not 0.0 <= method.dropout < 1.0:
             raise ConfigError(f"method.dropout: must be in [0, 1) (got {method.dropout})")
         _positive("method.text_encoder_rank", method.text_encoder_rank, optional=True)
+        _positive("method.text_encoder_2_rank", method.text_encoder_2_rank, optional=True)
+        _positive("method.text_encoder_2_lr", method.text_encoder_2_lr, optional=True)
     if isinstance(method, LoraMethodConfig | FinetuneMethodConfig):
         _positive("method.text_encoder_lr", method.text_encoder_lr, optional=True)
     if isinstance(method, DreamBoothMethodConfig | FinetuneMethodConfig):
@@ -416,6 +438,7 @@ def validate_train(t: TrainConfig, prefix: str = "train") -> None:
     _positive(f"{prefix}.prodigy_d_coef", t.prodigy_d_coef)
     _positive(f"{prefix}.max_grad_norm", t.max_grad_norm, optional=True)
     _choice(f"{prefix}.mixed_precision", t.mixed_precision, MIXED_PRECISION)
+    _choice(f"{prefix}.save_dtype", t.save_dtype, SAVE_DTYPES)
     _choice(f"{prefix}.device", t.device, DEVICES)
     _positive(f"{prefix}.resolution", t.resolution, optional=True)
     _positive(f"{prefix}.min_snr_gamma", t.min_snr_gamma, optional=True)

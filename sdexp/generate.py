@@ -82,12 +82,13 @@ def check_loras(loras: list[tuple[str | Path, float]]) -> list[LoraSpec]:
     return specs
 
 
-def _loaded_modules(pipe, adapter: str) -> int:
+def _loaded_modules(pipe, adapter: str, family) -> int:
     from peft.tuners.tuners_utils import BaseTunerLayer
 
+    components = [pipe.unet, *(getattr(pipe, name) for name in family.text_encoder_attributes)]
     return sum(
         1
-        for component in (pipe.unet, pipe.text_encoder)
+        for component in components
         for module in component.modules()
         if isinstance(module, BaseTunerLayer) and adapter in getattr(module, "lora_A", {})
     )
@@ -105,11 +106,11 @@ def _diffusers_silent():
         logging.set_verbosity(level)
 
 
-def load_loras(pipe, specs: list[LoraSpec], family: str) -> None:
+def load_loras(pipe, specs: list[LoraSpec], family) -> None:
     """Load each LoRA as its own adapter and activate them all with their scales; nothing is skipped silently."""
     for spec in specs:
-        if spec.family and spec.family != family:
-            raise UserError(f"--lora: {spec.path} was made for {spec.family}, but the model is {family}")
+        if spec.family and spec.family != family.name:
+            raise UserError(f"--lora: {spec.path} was made for {spec.family}, but the model is {family.name}")
         try:
             with _diffusers_silent():  # diffusers logs the error it then raises; we report it once
                 pipe.load_lora_weights(str(spec.path), adapter_name=spec.name)
@@ -117,7 +118,7 @@ def load_loras(pipe, specs: list[LoraSpec], family: str) -> None:
             lines = [line.strip() for line in str(err).splitlines() if line.strip()] or [type(err).__name__]
             reason = " ".join(lines[:2]) if lines[0].endswith(":") else lines[0]
             raise UserError(f"--lora: could not load {spec.path} into the model: {reason[:300]}") from None
-        loaded = _loaded_modules(pipe, spec.name)
+        loaded = _loaded_modules(pipe, spec.name, family)
         if loaded != spec.modules:
             raise UserError(
                 f"--lora: {spec.path} holds {spec.modules} LoRA modules but only {loaded} matched the model's layers; "
@@ -159,6 +160,8 @@ def generate(
     out_dir: str | Path = "outputs",
     device: str = "auto",
     dtype: str = "auto",
+    vae: str | Path | None = None,
+    family: str = "auto",
 ) -> list[Path]:
     """Generate ``n`` PNGs (seeds seed..seed+n-1) into ``out_dir``; returns their paths."""
     import torch
@@ -166,6 +169,7 @@ def generate(
     from sdexp.export.lora_files import addnet_hash_file
     from sdexp.models.loading import DTYPES, load_base
     from sdexp.png_info import format_parameters, write_png
+    from sdexp.sampling import run_pipeline
 
     if scheduler not in SAMPLERS:
         raise UserError(f"--scheduler: unknown scheduler {scheduler!r}; choose one of {', '.join(SAMPLERS)}")
@@ -182,10 +186,10 @@ def generate(
         (torch.float16 if dev.type == "cuda" else torch.float32) if dtype == "auto" else DTYPES[dtype]
     )
 
-    base = load_base(model, dtype=torch_dtype)
+    base = load_base(model, dtype=torch_dtype, vae=vae, family=family)
     pipe = base.pipeline(scheduler=make_scheduler(scheduler, base.noise_scheduler.config))
     pipe.set_progress_bar_config(disable=True)
-    load_loras(pipe, specs, base.family.name)
+    load_loras(pipe, specs, base.family)
     pipe.to(dev)
 
     width, height = width or base.native_resolution, height or base.native_resolution
@@ -199,15 +203,16 @@ def generate(
         image_seed = seed + i
         generator = torch.Generator("cpu").manual_seed(image_seed)
         with torch.inference_mode():
-            image = pipe(
-                prompt,
-                negative_prompt=negative or None,
-                num_inference_steps=steps,
-                guidance_scale=guidance,
+            (image,) = run_pipeline(
+                pipe,
+                [prompt],
+                negative_prompt=negative,
+                steps=steps,
+                guidance=guidance,
                 width=width,
                 height=height,
-                generator=generator,
-            ).images[0]
+                generators=[generator],
+            )
         text = format_parameters(
             prompt,
             negative,

@@ -26,7 +26,10 @@ _DTYPE_SIZES = {
     "U8": 1,
     "BOOL": 1,
 }
-_KOHYA_PREFIXES = ("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_")
+def _kohya_prefixes() -> tuple[str, ...]:
+    from sdexp.export.kohya import TE_PREFIXES, UNET_PREFIX
+
+    return tuple(f"{p}_" for p in (UNET_PREFIX, *TE_PREFIXES))
 _CONV_BLOCKS = ("resnets", "downsamplers", "upsamplers")
 _ATTN_LEAVES = ("to_q", "to_k", "to_v", "to_out_0")
 _PEFT_KEY = re.compile(r"^(?P<module>.+?)\.lora_(?P<kind>[AB])(?:\.[^.]+)?\.weight$")
@@ -72,7 +75,7 @@ def _read_scalar(path: Path, info: dict, start: int) -> float | None:
 def lora_format(keys) -> str:
     """kohya | diffusers | unknown, from tensor names alone."""
     keys = list(keys)
-    if keys and all(k.startswith(_KOHYA_PREFIXES) for k in keys):
+    if keys and all(k.startswith(_kohya_prefixes()) for k in keys):
         return "kohya"
     if keys and all(
         k.startswith(("unet.", "text_encoder.", "text_encoder_2.")) and "lora" in k for k in keys
@@ -95,25 +98,6 @@ def infer_targets(unet_modules: list[str]) -> str | None:
     return "custom"
 
 
-_FAMILY_BY_VERSION = {"sd_v1": "sd1", "sd_v2": "sd2", "sd_2": "sd2", "sdxl": "sdxl"}
-_FAMILY_BY_CONTEXT = {768: "sd1", 1024: "sd2", 2048: "sdxl"}
-
-
-def _family_from_metadata(metadata: dict[str, str]) -> str | None:
-    version = metadata.get("ss_base_model_version", "")
-    for prefix, family in _FAMILY_BY_VERSION.items():
-        if version.startswith(prefix):
-            return family
-    arch = metadata.get("modelspec.architecture", "")
-    if arch.startswith("stable-diffusion-xl"):
-        return "sdxl"
-    if arch.startswith("stable-diffusion-v2"):
-        return "sd2"
-    if arch.startswith("stable-diffusion-v1"):
-        return "sd1"
-    return None
-
-
 def _diffusers_module(rest: str) -> tuple[str | None, str | None]:
     """A diffusers LoRA key (peft, attention-processor or old layout) → (module name, down | up)."""
     if match := _PEFT_KEY.match(rest):
@@ -126,17 +110,25 @@ def _diffusers_module(rest: str) -> tuple[str | None, str | None]:
     return None, None
 
 
+def _kohya_part(name: str) -> str:
+    """The component a kohya module name belongs to: unet, or the family's text encoder attribute."""
+    from sdexp.models.families import FAMILIES
+
+    if name.startswith("lora_unet_"):
+        return "unet"
+    slots = sorted(
+        (slot for f in FAMILIES.values() for slot in f.text_encoders), key=lambda slot: -len(slot.kohya_prefix)
+    )
+    return next((slot.attribute for slot in slots if name.startswith(slot.kohya_prefix + "_")), "text_encoder")
+
+
 def _split_modules(fmt: str, tensors: dict[str, dict]) -> dict[str, dict[str, dict]]:
     """{"unet"|"text_encoder"|"text_encoder_2": {module: {"down": info, "up": info, "alpha": info}}}."""
     parts: dict[str, dict[str, dict]] = {}
     for key, info in tensors.items():
         if fmt == "kohya":
             name, _, kind = key.partition(".")
-            part = (
-                "unet"
-                if name.startswith("lora_unet_")
-                else ("text_encoder_2" if name.startswith("lora_te2_") else "text_encoder")
-            )
+            part = _kohya_part(name)
             kind = {"lora_down.weight": "down", "lora_up.weight": "up", "alpha": "alpha"}.get(kind)
         else:
             part, _, rest = key.partition(".")
@@ -168,17 +160,13 @@ def inspect_lora(path: str | Path) -> dict:
         else:
             alpha = adapter_meta.get(f"{part}.lora_alpha")
             alphas[part] = [float(alpha)] if alpha is not None else [float(r) for r in ranks[part]]
+    from sdexp.models.families import lora_family
+
     unet = parts.get("unet", {})
-    family = _family_from_metadata(metadata)
-    if family is None and "text_encoder_2" in parts:
-        family = "sdxl"
-    if family is None:
-        context = {
-            m["down"]["shape"][1]
-            for n, m in unet.items()
-            if n.replace(".", "_").endswith("attn2_to_k") and "down" in m
-        }
-        family = _FAMILY_BY_CONTEXT.get(next(iter(context))) if len(context) == 1 else None
+    context = {
+        m["down"]["shape"][1] for n, m in unet.items() if n.replace(".", "_").endswith("attn2_to_k") and "down" in m
+    }
+    family = lora_family(metadata, set(parts) - {"unet"}, next(iter(context)) if len(context) == 1 else None)
     conv = sum(
         1
         for m in unet.values()
@@ -227,9 +215,12 @@ def _read_json(path: Path) -> dict:
 
 def inspect_model_dir(path: str | Path) -> dict:
     """Components, parameter counts, family, prediction type and variant of a diffusers model folder."""
-    from sdexp.models.loading import detect_variant, resolve_model_dir
+    from sdexp.models.families import folder_family
+    from sdexp.models.loading import detect_variant, resolve_model
 
-    model_dir = resolve_model_dir(path, key="PATH")
+    model_dir = resolve_model(path, key="PATH")
+    if model_dir.is_file():
+        return inspect_checkpoint_file(model_dir)
     index = _read_json(model_dir / "model_index.json")
     components = {}
     for name, value in sorted(index.items()):
@@ -239,27 +230,55 @@ def inspect_model_dir(path: str | Path) -> dict:
         if (model_dir / name).is_dir() and any((model_dir / name).glob("*.safetensors")):
             entry.update(_component_weights(model_dir / name))
         components[name] = entry
-    unet_cfg = _read_json(model_dir / "unet" / "config.json")
-    vae_cfg = _read_json(model_dir / "vae" / "config.json")
-    scheduler_cfg = _read_json(model_dir / "scheduler" / "scheduler_config.json")
-    text_cfg = _read_json(model_dir / "text_encoder" / "config.json")
-    family = _FAMILY_BY_CONTEXT.get(unet_cfg.get("cross_attention_dim"))
-    if unet_cfg.get("addition_embed_type") == "text_time" or "text_encoder_2" in index:
-        family = "sdxl"
-    elif (
-        family is None
-    ):  # a small model of a real architecture: SD1 uses CLIP's quick_gelu, SD2 OpenCLIP's gelu
-        family = {"quick_gelu": "sd1", "gelu": "sd2"}.get(text_cfg.get("hidden_act"))
-    scale = 2 ** (len(vae_cfg.get("block_out_channels", [0] * 4)) - 1)
+    family = folder_family(model_dir)
     return {
         "kind": "model",
         "path": str(model_dir),
-        "family": family,
-        "prediction_type": scheduler_cfg.get("prediction_type", "epsilon"),
+        "family": family.name if family else None,
+        "format": "diffusers",
+        "prediction_type": _read_json(model_dir / "scheduler" / "scheduler_config.json").get("prediction_type", "epsilon"),
         "variant": detect_variant(model_dir),
-        "resolution": unet_cfg.get("sample_size", 0) * scale or None,
+        "resolution": _resolution(model_dir),
         "components": components,
         "params": sum(c.get("params", 0) for c in components.values()),
+    }
+
+
+def _resolution(config_dir: Path) -> int | None:
+    unet_cfg = _read_json(config_dir / "unet" / "config.json")
+    vae_cfg = _read_json(config_dir / "vae" / "config.json")
+    scale = 2 ** (len(vae_cfg.get("block_out_channels", [0] * 4)) - 1)
+    return unet_cfg.get("sample_size", 0) * scale or None
+
+
+def inspect_checkpoint_file(path: Path) -> dict:
+    """A single-file (original layout) base model: family, prediction type, parts and their sizes."""
+    from sdexp.models.checkpoint_file import checkpoint_parts, file_config_dir, file_family, file_prediction_type
+
+    family = file_family(path)
+    tensors, metadata, _ = read_safetensors_header(path)
+    prediction = file_prediction_type(path, family)
+    components = {}
+    for name, keys in checkpoint_parts(family, tensors).items():
+        infos = [tensors[k] for k in keys]
+        components[name] = {
+            "library": "original",
+            "class": name,
+            "params": sum(math.prod(i["shape"]) for i in infos),
+            "dtypes": sorted({i["dtype"] for i in infos}),
+            "size_bytes": sum(i["data_offsets"][1] - i["data_offsets"][0] for i in infos),
+        }
+    return {
+        "kind": "model",
+        "path": str(path),
+        "family": family.name,
+        "format": "single-file",
+        "prediction_type": prediction,
+        "variant": None,
+        "resolution": _resolution(file_config_dir(path, family, prediction)),
+        "components": components,
+        "params": sum(c["params"] for c in components.values()),
+        "metadata": {k: v for k, v in sorted(metadata.items()) if not k.startswith("sdexp.diffusers")},
     }
 
 
@@ -279,13 +298,20 @@ def find_lora_file(path: Path) -> Path | None:
 
 def inspect_path(path: str | Path) -> dict:
     """Inspect a LoRA file (or a folder holding one) or a diffusers model folder (or a built-in name)."""
-    if str(path) == "tiny":
+    from sdexp.config import BUILTIN_MODELS
+
+    if str(path) in BUILTIN_MODELS:
         return inspect_model_dir(path)
     path = Path(path).expanduser()
     if not path.exists():
         raise UserError(f"PATH: {path} does not exist")
     if path.is_dir() and (path / "model_index.json").exists():
         return inspect_model_dir(path)
+    if path.is_file() and path.suffix == ".safetensors":
+        from sdexp.models.checkpoint_file import is_base_checkpoint
+
+        if is_base_checkpoint(path):
+            return inspect_checkpoint_file(path)
     lora = find_lora_file(path)
     if lora is None:
         raise UserError(f"PATH: {path} holds neither a model (model_index.json) nor a LoRA .safetensors file")
@@ -340,6 +366,7 @@ def print_report(info: dict, console=None) -> None:
     else:
         rows = [
             ("kind", "model"),
+            ("format", info.get("format", "diffusers")),
             ("family", info["family"] or "unknown"),
             ("prediction type", info["prediction_type"]),
             ("variant", info["variant"] or "-"),

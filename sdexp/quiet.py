@@ -26,3 +26,17 @@ def quiet_libraries() -> None:
     for log in (dlog, tlog):
         log.set_verbosity_error()
         log.disable_progress_bar()
+
+
+def quiet_optuna() -> None:
+    """Optuna's per-trial INFO lines duplicate the sweep's own; its warnings about ask/tell with
+    heartbeats (the sweep sends them itself) and experimental flags say nothing a user can act on."""
+    import warnings
+
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings(
+        "ignore", message="Heartbeat of storage is supposed to be used with Study.optimize"
+    )
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)

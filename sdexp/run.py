@@ -6,6 +6,7 @@ checked (data, model path) before anything heavy is loaded, so mistakes fail in 
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,7 @@ from sdexp.atomic import atomic_write_bytes
 from sdexp.config import RunConfig, as_plain_dict
 from sdexp.errors import ConfigError, UserError
 from sdexp.quiet import quiet_libraries
+from sdexp.tracking.run_log import RUN_LOG, run_log
 
 
 @dataclass
@@ -69,7 +71,7 @@ def preflight(cfg: RunConfig, *, require_judge: bool = True):
     from sdexp.evaluation.config import objective_metric_names
     from sdexp.evaluation.scorer import resolve_clip_spec
     from sdexp.methods import build_module
-    from sdexp.models.loading import resolve_model_dir
+    from sdexp.models.loading import model_family, resolve_model
     from sdexp.optim import check_optimizer
     from sdexp.trainer import resolve_device
 
@@ -77,7 +79,7 @@ def preflight(cfg: RunConfig, *, require_judge: bool = True):
     check_optimizer(cfg.train.optimizer, resolve_device(cfg.train.device, "train.device"))
     module.load_data()
     model_ref = cfg.model.path or cfg.model.name
-    resolve_model_dir(model_ref)
+    model_family(resolve_model(model_ref, allow_pickle=cfg.model.allow_pickle), cfg.model.family)
     names = objective_metric_names(cfg.eval)
     needs_validation = sorted(m for m in names if m.startswith("val/"))
     if needs_validation and not module.val_batches_expected():
@@ -97,41 +99,46 @@ def preflight(cfg: RunConfig, *, require_judge: bool = True):
 
 def train_run(cfg: RunConfig, run_dir: str | Path, *, notify=print, callbacks=()) -> RunResult:
     """Train one run into ``run_dir`` and return where things went; ``callbacks`` join the
-    trainer's (a sweep's pruning callback does)."""
+    trainer's (a sweep's pruning callback does).
+
+    What the terminal shows goes to ``run_dir/run.log`` too, with the traceback if the run fails:
+    from the input checks on when the folder exists already (Hydra's), else from its creation."""
     from sdexp.evaluation.setup import build_scoring
     from sdexp.trainer import Trainer
 
     quiet_libraries()
     started = time.time()
     run_dir = Path(run_dir).resolve()
-    t = cfg.train
-    # Everything that can be wrong with the inputs fails here, before the run folder exists. A
-    # single run without a judge still trains: build_scoring says evaluation is off and why.
-    module = preflight(cfg, require_judge=False)
     if (run_dir / "run.json").exists():
         raise UserError(
             f"hydra.run.dir: {run_dir} already holds a run (run.json); choose a new folder or delete that one"
         )
-    if t.early_stopping.patience and not module.val_batches_expected():
-        raise ConfigError(
-            "train.early_stopping.patience: early stopping needs validation; set data.val_images > 0"
-        )
-    trainer = Trainer.from_config(t, run_dir, callbacks=list(callbacks))  # checks the device first
-    scoring = build_scoring(cfg, module, run_dir, trainer.device, notify)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run_dir)
-    return fit_and_record(
-        trainer,
-        module,
-        t,
-        cfg.logger,
-        run_dir,
-        config=as_plain_dict(cfg),
-        images=len(module.train_dataset),
-        notify=notify,
-        started=started,
-        scoring=scoring,
-    )
+    t = cfg.train
+    with run_log(run_dir / RUN_LOG) if run_dir.is_dir() else contextlib.nullcontext():
+        # Everything that can be wrong with the inputs fails here, before the run folder exists. A
+        # single run without a judge still trains: build_scoring says evaluation is off and why.
+        module = preflight(cfg, require_judge=False)
+        if t.early_stopping.patience and not module.val_batches_expected():
+            raise ConfigError(
+                "train.early_stopping.patience: early stopping needs validation; set data.val_images > 0"
+            )
+        trainer = Trainer.from_config(t, run_dir, callbacks=list(callbacks))  # checks the device first
+        scoring = build_scoring(cfg, module, run_dir, trainer.device, notify)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with run_log(run_dir / RUN_LOG):
+            save_config(cfg, run_dir)
+            return fit_and_record(
+                trainer,
+                module,
+                t,
+                cfg.logger,
+                run_dir,
+                config=as_plain_dict(cfg),
+                images=len(module.train_dataset),
+                notify=notify,
+                started=started,
+                scoring=scoring,
+            )
 
 
 def fit_and_record(
@@ -153,96 +160,102 @@ def fit_and_record(
     ``scoring`` (a ``CheckpointScoring``) scores each checkpoint and keeps ``best/``.
 
     Fine-tuning runs and each stage of ``sdexp pretrain`` go through here, so every run folder
-    has the same files and every loop the same callbacks.
+    has the same files (run.log among them) and every loop the same callbacks.
     """
     from sdexp.callbacks import EarlyStopping, MetricsLogging, ProgressBar, SampleImages, TimeLimit
     from sdexp.tracking.run_folder import collect_versions, write_run_json
 
     started = time.time() if started is None else started
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_run_json(
-        run_dir,
-        status="running",
-        seed=t.seed,
-        versions=collect_versions(),
-        started_at=time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
-        images=images,
-    )
-    logger, wandb_logger = _build_logger(logger_cfg, config, run_dir, notify)
-    if scoring is not None:
-        scoring.logger = logger
-        trainer.callbacks.append(scoring)
-    trainer.callbacks += [
-        MetricsLogging(logger, t.log_every, t.batch_size * t.gradient_accumulation),
-        ProgressBar(),
-    ]
-    if t.max_minutes:
-        trainer.callbacks.append(TimeLimit(t.max_minutes))
-    if t.early_stopping.patience:
-        es = t.early_stopping
-        trainer.callbacks.append(EarlyStopping(es.monitor, es.mode, es.patience, es.min_delta))
-    if t.sample_prompts:
-        trainer.callbacks.append(
-            SampleImages(t.sample_prompts, t.sample_every, t.sample_seed, run_dir / "samples", wandb_logger)
-        )
-    try:
-        state = trainer.fit(module)
-    except BaseException as err:  # record why the run ended, keep its logs, then re-raise
-        status = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
+    with run_log(run_dir / RUN_LOG):  # a pretrain stage's, or a direct call's
         write_run_json(
             run_dir,
-            status=status,
-            error=f"{type(err).__name__}: {err}",
-            steps=trainer.state.step,
-            wall_seconds=round(time.time() - started, 3),
-            checkpoints=trainer.state.checkpoints,
+            status="running",
+            seed=t.seed,
+            versions=collect_versions(),
+            started_at=time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
+            images=images,
         )
-        logger.finish(exit_code=130 if status == "interrupted" else 1)
-        raise
-    summary = {
-        "steps": state.step,
-        "stop_reason": state.stop_reason,
-        **{k: v for k, v in state.last_logs.items() if k == "train/loss"},
-        **{k: v for k, v in state.last_val.items() if k != "step"},
-    }
-    best = scoring.summary() if scoring is not None else None
-    if best and best["step"] is not None:
-        summary.update(
-            {"best/step": best["step"], **{f"best/objective/{k}": v for k, v in best["objectives"].items()}}
-        )
-    logger.log_summary(summary)
-    logger.finish(exit_code=0)
-    ended = time.time()
-    wall = ended - started
-    scored = {}
-    if scoring is not None:
-        scored = {
-            "best": {k: best[k] for k in ("step", "checkpoint", "objectives", "feasible", "beats_base")},
-            "evaluation": scoring.timing(wall),
+        logger, wandb_logger = _build_logger(logger_cfg, config, run_dir, notify)
+        if scoring is not None:
+            scoring.logger = logger
+            trainer.callbacks.append(scoring)
+        trainer.callbacks += [
+            MetricsLogging(logger, t.log_every, t.batch_size * t.gradient_accumulation),
+            ProgressBar(),
+        ]
+        if t.max_minutes:
+            trainer.callbacks.append(TimeLimit(t.max_minutes))
+        if t.early_stopping.patience:
+            es = t.early_stopping
+            trainer.callbacks.append(EarlyStopping(es.monitor, es.mode, es.patience, es.min_delta))
+        if t.sample_prompts:
+            trainer.callbacks.append(
+                SampleImages(
+                    t.sample_prompts, t.sample_every, t.sample_seed, run_dir / "samples", wandb_logger
+                )
+            )
+        try:
+            state = trainer.fit(module)
+        except BaseException as err:  # record why the run ended, keep its logs, then re-raise
+            status = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
+            write_run_json(
+                run_dir,
+                status=status,
+                error=f"{type(err).__name__}: {err}",
+                steps=trainer.state.step,
+                wall_seconds=round(time.time() - started, 3),
+                checkpoints=trainer.state.checkpoints,
+            )
+            logger.finish(exit_code=130 if status == "interrupted" else 1)
+            raise
+        summary = {
+            "steps": state.step,
+            "stop_reason": state.stop_reason,
+            **{k: v for k, v in state.last_logs.items() if k == "train/loss"},
+            **{k: v for k, v in state.last_val.items() if k != "step"},
         }
-    final = run_dir / "checkpoints" / "final"
-    write_run_json(
-        run_dir,
-        status="finished",
-        steps=state.step,
-        stop_reason=state.stop_reason,
-        wall_seconds=round(wall, 3),
-        train_seconds=round(state.train_seconds, 3),
-        timings={  # what a trial costs beyond its steps: set-up before step 1, teardown after the last
-            "setup": round(state.loop_started - started, 3),
-            "loop": round(state.loop_ended - state.loop_started, 3),
-            "teardown": round(ended - state.loop_ended, 3),
-            "data_wait": round(state.data_wait_seconds, 3),  # inside the loop: waiting for batches
-        },
-        device=str(trainer.device),
-        data=module.run_info(),
-        final={"train": state.last_logs, "val": state.last_val},
-        checkpoints=state.checkpoints,
-        **scored,
-    )
-    return RunResult(
-        run_dir, state.step, state.stop_reason, final, state.last_logs, state.last_val, wall, best
-    )
+        best = scoring.summary() if scoring is not None else None
+        if best and best["step"] is not None:
+            summary.update(
+                {
+                    "best/step": best["step"],
+                    **{f"best/objective/{k}": v for k, v in best["objectives"].items()},
+                }
+            )
+        logger.log_summary(summary)
+        logger.finish(exit_code=0)
+        ended = time.time()
+        wall = ended - started
+        scored = {}
+        if scoring is not None:
+            scored = {
+                "best": {k: best[k] for k in ("step", "checkpoint", "objectives", "feasible", "beats_base")},
+                "evaluation": scoring.timing(wall),
+            }
+        final = run_dir / "checkpoints" / "final"
+        write_run_json(
+            run_dir,
+            status="finished",
+            steps=state.step,
+            stop_reason=state.stop_reason,
+            wall_seconds=round(wall, 3),
+            train_seconds=round(state.train_seconds, 3),
+            timings={  # what a trial costs beyond its steps: set-up before step 1, teardown after the last
+                "setup": round(state.loop_started - started, 3),
+                "loop": round(state.loop_ended - state.loop_started, 3),
+                "teardown": round(ended - state.loop_ended, 3),
+                "data_wait": round(state.data_wait_seconds, 3),  # inside the loop: waiting for batches
+            },
+            device=str(trainer.device),
+            data=module.run_info(),
+            final={"train": state.last_logs, "val": state.last_val},
+            checkpoints=state.checkpoints,
+            **scored,
+        )
+        return RunResult(
+            run_dir, state.step, state.stop_reason, final, state.last_logs, state.last_val, wall, best
+        )
 
 
 def run_from_hydra(cfg) -> None:

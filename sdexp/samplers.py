@@ -28,4 +28,6 @@ def make_scheduler(name: str, config):
     if name not in SAMPLERS:
         raise UserError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
     cls_name, extra, _ = SAMPLERS[name]
+    if config.get("rescale_betas_zero_snr"):  # a zero-SNR schedule samples from its last step
+        extra = {**extra, "timestep_spacing": "trailing"}
     return getattr(diffusers, cls_name).from_config(config, **extra)

@@ -37,6 +37,18 @@ def resolve_device(device: str, key: str) -> str:
     return device
 
 
+def _forget_previous_run_state(mixed_precision: str) -> None:
+    """accelerate keeps one process-wide state that refuses a second Accelerator with another mixed
+    precision; a sweep's trials (or a pretrain's stages) in one process each set their own. The
+    process group (PartialState) is kept."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    shared = AcceleratorState._shared_state
+    if shared and shared.get("_mixed_precision", mixed_precision) != mixed_precision:
+        AcceleratorState._reset_state(reset_partial_state=False)
+        GradientState._reset_state()
+
+
 @dataclass
 class TrainerState:
     """What callbacks may read: progress, the latest logs and validation metrics."""
@@ -83,6 +95,7 @@ class Trainer:
         self.callbacks = list(callbacks or [])
         check_device(device, "train.device")
         use_cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
+        _forget_previous_run_state(mixed_precision)
         self.accelerator = Accelerator(
             cpu=use_cpu,
             mixed_precision=mixed_precision,

@@ -23,21 +23,22 @@ def _save_tiny_lora(out_dir, targets, te: bool, seed: int):
     torch.manual_seed(seed)
     base.unet.add_adapter(LoraConfig(r=4, lora_alpha=2, target_modules=unet_lora_targets(base.unet, targets)))
     if te:
-        config = LoraConfig(r=4, lora_alpha=2, target_modules=text_encoder_lora_targets(base.text_encoder))
-        inject_adapter_in_model(config, base.text_encoder)
-    for module in (base.unet, base.text_encoder):
+        config = LoraConfig(r=4, lora_alpha=2, target_modules=text_encoder_lora_targets(base.text_encoders[0]))
+        inject_adapter_in_model(config, base.text_encoders[0])
+    for module in (base.unet, *base.text_encoders):
         for name, p in module.named_parameters():
             if "lora_B" in name:
                 p.data = torch.randn(p.shape) * 0.1
     return save_lora(
         out_dir,
         unet=base.unet,
-        text_encoder=base.text_encoder if te else None,
+        text_encoders=base.text_encoders if te else (),
         family=base.family,
+        prediction_type=base.prediction_type,
         rank=4,
         alpha=2,
-        te_rank=4 if te else None,
-        te_alpha=2 if te else None,
+        text_encoder_ranks=(4,) if te else (),
+        text_encoder_alphas=(2,) if te else (),
         resolution=64,
         steps=1,
         title="t",

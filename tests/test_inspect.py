@@ -31,18 +31,19 @@ def saved(tmp_path_factory):
     torch.manual_seed(0)
     base.unet.add_adapter(LoraConfig(r=4, lora_alpha=2, target_modules=unet_lora_targets(base.unet, "all")))
     inject_adapter_in_model(
-        LoraConfig(r=2, lora_alpha=3, target_modules=text_encoder_lora_targets(base.text_encoder)),
-        base.text_encoder,
+        LoraConfig(r=2, lora_alpha=3, target_modules=text_encoder_lora_targets(base.text_encoders[0])),
+        base.text_encoders[0],
     )
     return save_lora(
         tmp_path_factory.mktemp("lora"),
         unet=base.unet,
-        text_encoder=base.text_encoder,
+        text_encoders=base.text_encoders,
         family=base.family,
+        prediction_type=base.prediction_type,
         rank=4,
         alpha=2,
-        te_rank=2,
-        te_alpha=3,
+        text_encoder_ranks=(2,),
+        text_encoder_alphas=(3,),
         resolution=64,
         steps=5,
         title="t",

@@ -147,7 +147,15 @@ class CheckpointScoring(Callback):
                 for e in self.history
             ],
             "warnings": self.warnings,
+            "prior_prompts": self._prior_prompts(),
         }
+
+    def _prior_prompts(self) -> dict | None:
+        """Which prompts the forgetting probe used and where they came from (derived or given)."""
+        prior = getattr(self.evaluator, "prior", None)
+        if prior is None:
+            return None
+        return {"source": prior.source, "prompts": list(prior.prompts), "images": prior.images}
 
     def timing(self, wall_seconds: float) -> dict:
         per = self.checkpoint_seconds

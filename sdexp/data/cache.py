@@ -84,6 +84,27 @@ class TensorCache:
         self.hits += 1
         return tensor
 
+    def get_tensors(self, key: str) -> dict[str, torch.Tensor] | None:
+        """Several named tensors of one entry (a caption's Conditioning), or None when absent or unreadable."""
+        from safetensors.torch import load_file
+
+        path = self.path(key)
+        if not path.is_file():
+            return None
+        try:
+            tensors = load_file(path)
+        except Exception:  # noqa: BLE001 - any unreadable entry is recomputed and rewritten
+            return None
+        self.hits += 1
+        return tensors
+
+    def put_tensors(self, key: str, tensors: dict[str, torch.Tensor]) -> None:
+        from safetensors.torch import save
+
+        data = save({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()})
+        atomic_write_bytes(self.path(key), data)
+        self.stored += 1
+
     def put(self, key: str, tensor: torch.Tensor) -> None:
         from safetensors.torch import save
 

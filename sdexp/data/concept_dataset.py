@@ -20,6 +20,8 @@ from torch.utils.data import Dataset
 from sdexp.data.cache import TensorCache, file_digest, latent_key
 from sdexp.data.concepts import Concept
 from sdexp.data.dataset import ImageCaptionDataset
+
+GEOMETRY_KEYS = ("original_size", "crop_top_left", "target_size")
 from sdexp.data.scan import ImageRecord
 
 
@@ -108,6 +110,7 @@ class ConceptDataset(Dataset):
                         f"{prefix}latent_params": params,
                         f"{prefix}caption": record.caption,
                         f"{prefix}cache_key": key,
+                        **{f"{prefix}{k}": v for k, v in dataset.geometry_of(i, target).items()},
                         **({"path": str(record.path)} if not prefix else {}),
                     }
         item = dataset.item(i, target)
@@ -115,9 +118,10 @@ class ConceptDataset(Dataset):
             f"{prefix}pixel_values": item["pixel_values"],
             f"{prefix}caption": item["caption"],
             f"{prefix}cache_key": key,
+            **{f"{prefix}{k}": item[k] for k in GEOMETRY_KEYS},
         }
         if not prefix:
-            out.update({k: item[k] for k in ("path", "original_size", "crop_top_left")})
+            out["path"] = item["path"]
         return out
 
     def __getitem__(self, i: int) -> dict:
@@ -161,6 +165,8 @@ def _stack_images(batch: list[dict], prefix: str) -> dict:
     out[f"{prefix}pixel_at"] = pixel_at
     out[f"{prefix}latent_at"] = latent_at
     out[f"{prefix}cache_key"] = [batch[i][f"{prefix}cache_key"] for i in pixel_at]
+    for key in GEOMETRY_KEYS:  # in batch order (SDXL's time ids), whichever half an item came from
+        out[f"{prefix}{key}"] = torch.tensor([item[f"{prefix}{key}"] for item in batch], dtype=torch.long)
     return out
 
 

@@ -20,6 +20,7 @@ from sdexp.data.transforms import (
     check_crop_args,
     check_pad_color,
     fit,
+    fixed_placement,
     load_rgb,
     resize_scale,
     to_tensor,
@@ -103,6 +104,18 @@ class ImageCaptionDataset(Dataset):
         flipped = self.flip and item_rng(self.seed, self.epoch, index).random() < 0.5
         return {"size": list(size), "crop": self.crop, "pad_color": list(self.pad_color), "flip": flipped}
 
+    def geometry_of(self, i: int, target: tuple[int, int] | None = None) -> dict | None:
+        """Item ``i``'s original size, crop and target size, known without decoding it (SDXL's
+        micro-conditioning of cached latents); None for random crops."""
+        if self.crop == "random":
+            return None
+        index = range(len(self.records))[i]
+        record = self.records[index]
+        size = tuple(target) if target is not None else self._sizes[index]
+        flipped = self.flip and item_rng(self.seed, self.epoch, index).random() < 0.5
+        placement = fixed_placement(record.width, record.height, size, self.crop, flipped=flipped)
+        return geometry(placement, size)
+
     def __len__(self) -> int:
         return len(self.records)
 
@@ -128,12 +141,21 @@ class ImageCaptionDataset(Dataset):
             "pixel_values": to_tensor(img),
             "caption": record.caption,
             "path": str(record.path),
-            "original_size": placement.original_size,
-            "crop_top_left": placement.crop_top_left,
+            **geometry(placement, size),
         }
 
 
-_SIZE_KEYS = ("original_size", "crop_top_left")
+_SIZE_KEYS = ("original_size", "crop_top_left", "target_size")
+
+
+def geometry(placement: Placement, size: tuple[int, int]) -> dict:
+    """An item's geometry as SDXL conditions on it: (h, w) of the source, (top, left) of the crop,
+    (h, w) of the training image (``size`` is (w, h), as buckets are)."""
+    return {
+        "original_size": tuple(placement.original_size),
+        "crop_top_left": tuple(placement.crop_top_left),
+        "target_size": (size[1], size[0]),
+    }
 
 
 def collate(batch: list[dict]) -> dict:

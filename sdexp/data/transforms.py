@@ -183,6 +183,32 @@ def resize_scale(width: int, height: int, target: tuple[int, int], crop: str) ->
     return max(tw / width, th / height)
 
 
+def resized_size(width: int, height: int, target: tuple[int, int], crop: str) -> tuple[int, int]:
+    """(height, width) the source is resized to before the crop (or the padding) of ``fit``."""
+    tw, th = target
+    scale = resize_scale(width, height, target, crop)
+    if crop == "none":
+        return max(1, min(th, round(height * scale))), max(1, min(tw, round(width * scale)))
+    return max(th, round(height * scale)), max(tw, round(width * scale))
+
+
+def fixed_placement(width: int, height: int, target: tuple[int, int], crop: str, *, flipped: bool) -> Placement:
+    """The ``Placement`` that ``fit`` (centre crop or padding) and a flip give an upright
+    ``width`` × ``height`` source, without decoding it: cached latents still need their geometry
+    (SDXL conditions on it). Random crops have no fixed placement."""
+    if crop == "random":
+        raise ValueError("a random crop has no fixed placement")
+    tw, th = target
+    rh, rw = resized_size(width, height, target, crop)
+    scale = resize_scale(width, height, target, crop)
+    if crop == "none":
+        return Placement((height, width), (0, 0), scale, (rh, rw))
+    top, left = (rh - th) // 2, (rw - tw) // 2
+    if flipped:
+        left = rw - left - tw
+    return Placement((height, width), (top, left), scale, (rh, rw))
+
+
 def fit(
     img: Image.Image,
     target: tuple[int, int],
@@ -195,14 +221,12 @@ def fit(
     builds a huge intermediate image. ``rng`` is used only by random crops (two draws: top, left)."""
     tw, th = target
     w, h = img.size
-    scale = resize_scale(w, h, target, crop)
+    scale, (rh, rw) = resize_scale(w, h, target, crop), resized_size(w, h, target, crop)
     if crop == "none":
-        rw, rh = max(1, min(tw, round(w * scale))), max(1, min(th, round(h * scale)))
         inner = img if (rw, rh) == (w, h) else img.resize((rw, rh), resample=_resample(scale))
         canvas = Image.new("RGB", (tw, th), tuple(pad_color))
         canvas.paste(inner, ((tw - rw) // 2, (th - rh) // 2))
         return canvas, Placement((h, w), (0, 0), scale, (rh, rw))
-    rw, rh = max(tw, round(w * scale)), max(th, round(h * scale))
     if crop == "center":
         top, left = (rh - th) // 2, (rw - tw) // 2
     else:

@@ -58,8 +58,10 @@ class EvalConfig:
     at_start: bool = True  # score the base at step 0 (the reference every checkpoint is read against)
     prompts: list[str] = field(default_factory=list)  # subject prompts; empty = the training captions
     images: int = 8  # subject images per evaluation (prompts cycled, seeds seed+i)
-    prior_prompts: list[str] = field(default_factory=list)  # without the subject: forgetting, drift
-    prior_images: int = 0  # 0 = one per prior prompt
+    # Without the subject: forgetting and drift. null = derived (class prompts, the captions without
+    # the token, the model's general prompts; see sdexp/evaluation/prior_prompts.py); [] = none.
+    prior_prompts: list[str] | None = None
+    prior_images: int = 0  # 0 = one per given prompt; for derived prompts at least eval.images
     token: str | None = None  # the subject's token; prior prompts must not contain it
     reference_dir: str | None = None  # subject images for CLIP-I/DINO/FID; null = data.dir
     sampler: str = "dpmpp_2m"
@@ -86,12 +88,25 @@ def expected_metrics(e: EvalConfig, *, held_out: bool) -> set[str]:
         names.add("eval/dino")
     if e.fid:
         names |= {"eval/fid", "eval/kid", "eval/fid_samples"}
-    if e.prior_prompts:
+    if e.prior_prompts is None or e.prior_prompts:  # derived prompts are never empty
         names |= {"eval/prompt_drift"}
-        names |= {
-            f"eval/forgetting/{k}" for k in ("clip_t_base", "clip_t_change", "fid", "kid", "samples", "subject_leak")
-        }
+        names |= {f"eval/forgetting/{k}" for k in ("clip_t_base", "clip_t_change", "samples", "subject_leak")}
+        names |= {"eval/forgetting/fid", "eval/forgetting/kid"}
     return names
+
+
+# FID/KID need two samples a set at the very least (a covariance); fewer is skipped with a warning.
+MIN_DISTANCE_SAMPLES = 2
+DISTANCE_METRICS = ("eval/fid", "eval/kid")
+PRIOR_DISTANCE_METRICS = ("eval/forgetting/fid", "eval/forgetting/kid")
+
+
+def prior_image_count(e: EvalConfig) -> int | None:
+    """Images a scoring makes for the prior prompts: None when derived (known once data is read;
+    at least ``e.images``)."""
+    if e.prior_prompts is None:
+        return max(e.prior_images, e.images) if e.prior_images else e.images
+    return e.prior_images or len(e.prior_prompts)
 
 
 def objective_metric_names(e: EvalConfig) -> set[str]:
@@ -113,7 +128,7 @@ def validate_eval(e: EvalConfig, *, held_out: bool, samplers, prefix: str = "eva
     _choice(f"{prefix}.fid_features", e.fid_features, FID_FEATURES)
     if not 0.0 < e.copy_threshold <= 1.0:
         raise ConfigError(f"{prefix}.copy_threshold: must be in (0, 1] (got {e.copy_threshold})")
-    if e.token:
+    if e.token and e.prior_prompts:
         leaking = [p for p in e.prior_prompts if e.token in p.split()]
         if leaking:
             raise ConfigError(
@@ -145,8 +160,24 @@ def validate_eval(e: EvalConfig, *, held_out: bool, samplers, prefix: str = "eva
                             else " (val/gap and val/train_loss need data.val_dir)"
                         )
                     )
+        for j, item in enumerate([*o.terms, *o.constraints]):
+            _check_sample_count(e, item.metric, f"{key}.{'terms' if j < len(o.terms) else 'constraints'}")
         for j, c in enumerate(o.constraints):
             if c.min is None and c.max is None:
                 raise ConfigError(f"{key}.constraints.{j}: give min, max or both")
             if c.min is not None and c.max is not None and c.min > c.max:
                 raise ConfigError(f"{key}.constraints.{j}: min {c.min} is above max {c.max}")
+
+
+def _check_sample_count(e: EvalConfig, metric: str, key: str) -> None:
+    """An objective on FID/KID needs the images to compute it at every checkpoint."""
+    if metric in DISTANCE_METRICS and e.images < MIN_DISTANCE_SAMPLES:
+        raise ConfigError(
+            f"{key}: {metric} needs at least {MIN_DISTANCE_SAMPLES} images a scoring; set eval.images >= 2"
+        )
+    count = prior_image_count(e)
+    if metric in PRIOR_DISTANCE_METRICS and count is not None and count < MIN_DISTANCE_SAMPLES:
+        raise ConfigError(
+            f"{key}: {metric} needs at least {MIN_DISTANCE_SAMPLES} prior images a scoring (this config makes "
+            f"{count}); set eval.prior_images >= 2"
+        )

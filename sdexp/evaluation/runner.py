@@ -21,6 +21,7 @@ def evaluate_targets(
     from sdexp.evaluation.objective import score_all
     from sdexp.evaluation.setup import build_evaluator, run_resolution
     from sdexp.generate import check_loras, load_loras
+    from sdexp.models.loading import model_family, resolve_model
     from sdexp.quiet import quiet_libraries
     from sdexp.rng import isolated_rng
     from sdexp.trainer import resolve_device
@@ -48,6 +49,7 @@ def evaluate_targets(
             f"objectives skipped: {', '.join(needs_validation)} come from training's validation, not from `sdexp eval`"
         )
     base_ref = cfg.model.path or cfg.model.name
+    family = model_family(resolve_model(base_ref, allow_pickle=cfg.model.allow_pickle), cfg.model.family)
     base_pipe, _ = sampling_pipeline(base_ref, sampler=cfg.eval.sampler, device=dev)
     rows = []
 
@@ -77,7 +79,7 @@ def evaluate_targets(
             pipe, _ = sampling_pipeline(target.model, sampler=cfg.eval.sampler, device=dev)
             score(pipe, target.name, target.step)
             continue
-        load_loras(base_pipe, check_loras([(target.lora, 1.0)]), cfg.model.family)
+        load_loras(base_pipe, check_loras([(target.lora, 1.0)]), family)
         try:
             score(base_pipe, target.name, target.step)
         finally:

@@ -19,7 +19,8 @@ import torch
 
 from sdexp.base_generations import BaseGenerations, SamplingSettings, generate_images
 from sdexp.errors import UserError
-from sdexp.evaluation.config import EvalConfig
+from sdexp.evaluation.config import MIN_DISTANCE_SAMPLES, EvalConfig
+from sdexp.evaluation.prior_prompts import PriorPrompts
 from sdexp.metrics.probes import forgetting_probe, prompt_drift
 from sdexp.metrics.scores import clip_t, fid_kid, image_features, mean_similarity, nearest_neighbours
 
@@ -28,9 +29,9 @@ def resolve_clip_spec(spec: str, model_ref: str | Path) -> str | None:
     """``auto`` is the base model's own CLIP (a folder with clip/, e.g. tiny_shapes), else None."""
     if spec != "auto":
         return spec
-    from sdexp.models.loading import resolve_model_dir
+    from sdexp.models.loading import resolve_model
 
-    model_dir = resolve_model_dir(model_ref)
+    model_dir = resolve_model(model_ref)
     return str(model_dir) if (model_dir / "clip" / "config.json").exists() else None
 
 
@@ -85,6 +86,7 @@ class Evaluator:
         training_paths: list[Path],
         subject_prompts: list[str],
         size: int,
+        prior: PriorPrompts | None = None,
         device: str | torch.device = "cpu",
         generations_root: str | Path | None = None,
     ):
@@ -115,8 +117,12 @@ class Evaluator:
             sampler=cfg.sampler, steps=cfg.steps, guidance=cfg.guidance, size=size
         )
         self.subject_prompts, self.subject_seeds = cycled(subject_prompts, cfg.images, cfg.seed)
+        if prior is None:  # the config's own prompts, as given
+            given = list(cfg.prior_prompts or [])
+            prior = PriorPrompts(given, cfg.prior_images or len(given), cfg.token, "eval.prior_prompts")
+        self.prior = prior
         self.prior_prompts, self.prior_seeds = (
-            cycled(cfg.prior_prompts, cfg.prior_images, cfg.seed) if cfg.prior_prompts else ([], [])
+            cycled(prior.prompts, prior.images, cfg.seed) if prior.prompts else ([], [])
         )
         self._generations_root = generations_root
         self._base_prior: list | None = None
@@ -141,11 +147,11 @@ class Evaluator:
         from dataclasses import asdict
 
         from sdexp.models.fingerprint import model_fingerprint
-        from sdexp.models.loading import resolve_model_dir
+        from sdexp.models.loading import resolve_model
 
         cfg = {k: v for k, v in asdict(self.cfg).items() if k != "objectives"}
         key = {
-            "base": model_fingerprint(resolve_model_dir(self.base_model)),
+            "base": model_fingerprint(resolve_model(self.base_model)),
             "eval": cfg,
             "references": self._reference_clip.sum().item(),
             "training": self._training_clip.sum().item() if self._training_clip is not None else None,
@@ -201,15 +207,28 @@ class Evaluator:
             metrics.update({f"eval/memorisation/{k}": v for k, v in copies.items()})
         warnings = []
         if cfg.fid:
-            dist = fid_kid(self._fid_features(subject), self._reference_fid, seed=cfg.seed)
-            metrics.update({"eval/fid": dist.fid, "eval/kid": dist.kid, "eval/fid_samples": dist.samples_a})
-            if dist.warning:
-                warnings.append(f"eval/fid: {dist.warning}")
+            n = min(len(subject), len(self._reference_fid))
+            if n < MIN_DISTANCE_SAMPLES:
+                warnings.append(
+                    f"eval/fid: skipped: FID/KID need {MIN_DISTANCE_SAMPLES} images a set, got {len(subject)} "
+                    f"generated and {len(self._reference_fid)} reference; raise eval.images (and add references)"
+                )
+            else:
+                dist = fid_kid(self._fid_features(subject), self._reference_fid, seed=cfg.seed)
+                metrics.update({"eval/fid": dist.fid, "eval/kid": dist.kid, "eval/fid_samples": dist.samples_a})
+                if dist.warning:
+                    warnings.append(f"eval/fid: {dist.warning}")
         if prior:
             base = self.base_prior_images()
             probe = forgetting_probe(clip, base, prior, self.prior_prompts)
             for key in ("clip_t_base", "clip_t_change", "fid", "kid", "samples"):
-                metrics[f"eval/forgetting/{key}"] = probe[f"forgetting/{key}"]
+                if f"forgetting/{key}" in probe:
+                    metrics[f"eval/forgetting/{key}"] = probe[f"forgetting/{key}"]
+            if "forgetting/fid" not in probe:
+                warnings.append(
+                    f"eval/forgetting/fid: skipped: FID/KID need {MIN_DISTANCE_SAMPLES} prior images, got "
+                    f"{len(prior)}; set eval.prior_images >= {MIN_DISTANCE_SAMPLES}"
+                )
             # DreamBooth's language drift: how much more the prior (class) images look like the
             # subject than the base's did for the same prompts and seeds (0 = no leak).
             if self._base_prior_clip is None:
@@ -217,7 +236,7 @@ class Evaluator:
             metrics["eval/forgetting/subject_leak"] = mean_similarity(
                 clip.encode_images(prior), self._reference_clip
             ) - mean_similarity(self._base_prior_clip, self._reference_clip)
-            token = cfg.token or "\0"  # prior prompts never hold the token (checked at the door)
+            token = self.prior.token or "\0"  # prior prompts never hold the token
             metrics["eval/prompt_drift"] = prompt_drift(clip, prior, self.prior_prompts, token)
         return Evaluation(
             metrics={k: float(v) for k, v in metrics.items()},

@@ -55,6 +55,7 @@ def build_evaluator(cfg, records, resolution: int, device, *, generations_root=N
             "eval.clip=open_clip:MODEL:TAG (or a local weights file, e.g. open_clip:ViT-L-14:/path/model.safetensors)"
         )
     training = [r.path for r in records]
+    prior = run_prior_prompts(cfg, [r.caption for r in records])
     evaluator = Evaluator(
         e,
         base_model=model_ref,
@@ -63,10 +64,27 @@ def build_evaluator(cfg, records, resolution: int, device, *, generations_root=N
         training_paths=training,
         subject_prompts=subject_prompts(e, [r.caption for r in records]),
         size=resolution,
+        prior=prior,
         device=device,
         generations_root=generations_root,
     )
     return evaluator, None
+
+
+def run_prior_prompts(cfg, captions: list[str]):
+    """The forgetting probe's prompts for a run (derived when eval.prior_prompts is null)."""
+    from sdexp.evaluation.prior_prompts import prior_prompts_for
+    from sdexp.models.loading import model_family, resolve_model
+
+    path = resolve_model(cfg.model.path or cfg.model.name, allow_pickle=cfg.model.allow_pickle)
+    family = model_family(path, cfg.model.family)
+    return prior_prompts_for(
+        cfg.eval,
+        captions,
+        data_token=cfg.data.token,
+        model_dir=path if path.is_dir() else None,
+        family=family,
+    )
 
 
 def build_scoring(cfg, module, run_dir: Path, device, notify=print):
@@ -87,6 +105,8 @@ def build_scoring(cfg, module, run_dir: Path, device, notify=print):
         if needs_eval:
             notify(f"no best/ checkpoint: the objectives need {', '.join(needs_eval)}")
             return None
+    if evaluator is not None:
+        notify(evaluator.prior.describe())
     return CheckpointScoring(
         cfg.eval.objectives,
         run_dir,

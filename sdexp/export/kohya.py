@@ -1,21 +1,24 @@
 """peft module names and LoRA tensors ↔ kohya sd-scripts names (what A1111/ComfyUI load).
 
-kohya names a module by its full diffusers name with dots turned into underscores, prefixed
-``lora_unet_`` or ``lora_te_`` (``lora_te1_``/``lora_te2_`` for SDXL's two encoders). kohya's text
-encoder names carry transformers 4's ``text_model.`` prefix, which transformers 5's CLIPTextModel
-no longer has, so it is added on export and removed on import, explicitly.
+kohya names a module by its full name with dots turned into underscores, under a prefix for the
+UNet and one per text encoder; which prefixes and which UNet naming (diffusers' paths, or SDXL's
+original SGM modules) is the model family's business (``sdexp.models.families``), passed in here.
+kohya's text encoder names carry transformers 4's ``text_model.`` prefix, which transformers 5's
+CLIP text model no longer has, so it is added on export and removed on import, explicitly.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 import torch
 
+from sdexp.models.families import kohya_text_encoder_prefixes
+
 UNET_PREFIX = "lora_unet"
-TE_PREFIXES = ("lora_te", "lora_te1", "lora_te2")
+TE_PREFIXES = kohya_text_encoder_prefixes()  # every family's, longest first
 TEXT_MODEL = "text_model."
 
 # Multi-word names in SD UNet / CLIP module paths, used to undo "." → "_" without a model at hand.
@@ -68,8 +71,9 @@ def kohya_unet_name(module_name: str) -> str:
     return f"{UNET_PREFIX}_" + clean_module_name(module_name).replace(".", "_")
 
 
-def kohya_te_name(module_name: str, prefix: str = "lora_te") -> str:
-    """A CLIP module name (with or without ``text_model.``) → ``lora_te_text_model_…``."""
+def kohya_te_name(module_name: str, prefix: str) -> str:
+    """A CLIP module name (with or without ``text_model.``) → ``PREFIX_text_model_…`` (the prefix
+    is the family's for that encoder)."""
     name = clean_module_name(module_name)
     if not name.startswith(TEXT_MODEL):
         name = TEXT_MODEL + name
@@ -116,26 +120,26 @@ def _alpha_of(alpha: float | Mapping[str, float], module: str) -> float:
 
 def to_kohya_state_dict(
     unet_sd: Mapping[str, torch.Tensor],
-    te_sd: Mapping[str, torch.Tensor] | None = None,
+    text_encoders: Mapping[str, tuple[Mapping[str, torch.Tensor], float | Mapping[str, float]]] | None = None,
     *,
     unet_alpha: float | Mapping[str, float],
-    te_alpha: float | Mapping[str, float] | None = None,
-    te_prefix: str = "lora_te",
+    unet_namer: Callable[[str], str] = kohya_unet_name,
     dtype: torch.dtype | None = None,
 ) -> dict[str, torch.Tensor]:
     """peft state dicts (``….lora_A.weight``) → kohya ``NAME.lora_down/lora_up.weight`` + ``NAME.alpha``.
 
-    Alphas are the real ones (scale = alpha / rank); a mapping gives one per module name. A DoRA
-    magnitude (peft's ``lora_magnitude_vector``, one norm per output row) becomes ``NAME.dora_scale``
-    shaped ``(out, 1, ...)`` like the layer's weight: the output-axis layout that ComfyUI and LyCORIS
-    read and that diffusers' kohya converter maps back to ``lora_magnitude_vector``.
+    ``text_encoders`` maps each encoder's kohya prefix (the family's: one per text encoder) to its
+    (state dict, alpha); ``unet_namer`` is the family's UNet naming (SDXL's
+    follows the original SGM modules). Alphas are the real ones (scale = alpha / rank); a mapping
+    gives one per module name. A DoRA magnitude (peft's ``lora_magnitude_vector``, one norm per
+    output row) becomes ``NAME.dora_scale`` shaped ``(out, 1, ...)`` like the layer's weight: the
+    output-axis layout that ComfyUI and LyCORIS read and that diffusers' kohya converter maps back.
     """
     out: dict[str, torch.Tensor] = {}
-    parts = [(unet_sd, unet_alpha, kohya_unet_name)]
-    if te_sd:
-        if te_alpha is None:
-            raise ValueError("te_alpha is required with a text encoder state dict")
-        parts.append((te_sd, te_alpha, lambda m: kohya_te_name(m, te_prefix)))
+    parts = [(unet_sd, unet_alpha, unet_namer)]
+    for prefix, (sd, alpha) in (text_encoders or {}).items():
+        if sd:
+            parts.append((sd, alpha, lambda m, p=prefix: kohya_te_name(m, p)))
     for sd, alpha, namer in parts:
         for module, pair in sorted(_split_peft(sd).items()):
             name = namer(module)
@@ -160,10 +164,6 @@ class PeftLora:
     unet_alphas: dict[str, float] = field(default_factory=dict)
     te_alphas: dict[str, dict[str, float]] = field(default_factory=dict)
 
-    @property
-    def text_encoder(self) -> dict[str, torch.Tensor]:
-        """The (first) text encoder's state dict; SD 1.x has one."""
-        return self.text_encoders.get("lora_te") or self.text_encoders.get("lora_te1") or {}
 
 
 def _lookup(names: Iterable[str] | None, namer) -> dict[str, str]:
@@ -174,16 +174,19 @@ def from_kohya_state_dict(
     state_dict: Mapping[str, torch.Tensor],
     *,
     unet_modules: Iterable[str] | None = None,
-    te_modules: Iterable[str] | None = None,
+    te_modules: Iterable[str] | Mapping[str, Iterable[str]] | None = None,
+    unet_namer: Callable[[str], str] = kohya_unet_name,
     keep_text_model_prefix: bool = False,
 ) -> PeftLora:
     """kohya tensors → :class:`PeftLora` (peft keys ``….lora_A.weight``), the inverse of ``to_kohya_state_dict``.
 
-    With ``unet_modules``/``te_modules`` (a model's module names) names map exactly; without, they are
-    reconstructed from the known SD/CLIP vocabulary. Text-encoder names lose ``text_model.`` unless kept.
+    With ``unet_modules``/``te_modules`` (a model's module names; per kohya prefix for several
+    encoders) and the family's ``unet_namer``, names map exactly; without, they are reconstructed
+    from the SD 1.x/2.x and CLIP vocabulary. Text-encoder names lose ``text_model.`` unless kept.
     """
-    unet_lookup = _lookup(unet_modules, kohya_unet_name)
-    te_lookups = {p: _lookup(te_modules, lambda m, p=p: kohya_te_name(m, p)) for p in TE_PREFIXES}
+    unet_lookup = _lookup(unet_modules, unet_namer)
+    per_prefix = te_modules if isinstance(te_modules, Mapping) else {p: te_modules for p in TE_PREFIXES}
+    te_lookups = {p: _lookup(per_prefix.get(p), lambda m, p=p: kohya_te_name(m, p)) for p in TE_PREFIXES}
     result = PeftLora()
     for key, tensor in state_dict.items():
         match = _KOHYA_KEY.match(key)
@@ -192,7 +195,7 @@ def from_kohya_state_dict(
         name, kind = match["name"], match["kind"]
         prefix = next((p for p in (UNET_PREFIX, *TE_PREFIXES) if name.startswith(p + "_")), None)
         if prefix is None:
-            raise ValueError(f"kohya key {key!r} is neither lora_unet_ nor lora_te*_")
+            raise ValueError(f"kohya key {key!r} has no UNet or text-encoder prefix ({UNET_PREFIX}, {', '.join(TE_PREFIXES)})")
         lookup = unet_lookup if prefix == UNET_PREFIX else te_lookups[prefix]
         if lookup:
             if name not in lookup:

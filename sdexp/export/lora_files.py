@@ -13,6 +13,7 @@ import math
 import os
 import struct
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -125,41 +126,41 @@ def _date() -> str:
 def lora_metadata(
     *,
     family,
+    prediction_type: str,
     rank,
     alpha,
-    te_rank,
-    te_alpha,
+    text_encoder_ranks: Sequence[int] = (),
+    text_encoder_alphas: Sequence[float] = (),
     resolution,
     steps,
     title,
     targets,
     base_model,
-    text_encoder: bool,
     dora: bool = False,
 ) -> dict[str, str]:
-    """kohya ``ss_*`` and Stability ``modelspec.*`` metadata, plus ``sdexp.*`` provenance."""
+    """kohya ``ss_*`` and Stability ``modelspec.*`` metadata (the family's part from the family),
+    plus ``sdexp.*`` provenance. ``text_encoder_ranks``: one per trained text encoder, none if none."""
     width, height = (resolution, resolution) if isinstance(resolution, int) else tuple(resolution)
     meta = {
         "ss_network_module": "networks.lora",
         "ss_network_dim": str(int(rank)),
         "ss_network_alpha": str(float(alpha)),
-        "ss_base_model_version": family.kohya_base_model_version,
-        "ss_v2": str("v2" in family.kohya_base_model_version),
         "ss_resolution": f"({width}, {height})",
         "ss_steps": str(int(steps)),
         "ss_output_name": title,
         "ss_sd_model_name": str(base_model),
-        "ss_network_train_unet_only": str(not text_encoder),
+        "ss_network_train_unet_only": str(not text_encoder_ranks),
         "ss_network_train_text_encoder_only": "False",
         "modelspec.sai_model_spec": "1.0.0",
-        "modelspec.architecture": family.modelspec_architecture,
         "modelspec.implementation": "diffusers",
         "modelspec.title": title,
         "modelspec.resolution": f"{width}x{height}",
         "modelspec.date": _date(),
+        "modelspec.prediction_type": "v" if prediction_type == "v_prediction" else "epsilon",
         "sdexp.targets": targets,
         "sdexp.base_model": str(base_model),
         "sdexp.family": family.name,
+        **family.lora_metadata(prediction_type),
     }
     network_args = {}
     if targets == "all":  # conv layers too (LoCon); kohya records their dim/alpha here
@@ -169,9 +170,10 @@ def lora_metadata(
         meta["sdexp.dora"] = "True"
     if network_args:
         meta["ss_network_args"] = json.dumps(network_args)
-    if text_encoder:
-        meta["sdexp.text_encoder_rank"] = str(int(te_rank))
-        meta["sdexp.text_encoder_alpha"] = str(float(te_alpha))
+    for i, (r, a) in enumerate(zip(text_encoder_ranks, text_encoder_alphas, strict=True)):
+        suffix = "" if i == 0 else f"_{i + 1}"
+        meta[f"sdexp.text_encoder{suffix}_rank"] = str(int(r))
+        meta[f"sdexp.text_encoder{suffix}_alpha"] = str(float(a))
     return meta
 
 
@@ -198,12 +200,13 @@ def save_lora(
     out_dir: str | Path,
     *,
     unet: torch.nn.Module,
-    text_encoder: torch.nn.Module | None = None,
+    text_encoders: Sequence[torch.nn.Module] = (),
     family,
+    prediction_type: str,
     rank: int,
     alpha: float,
-    te_rank: int | None = None,
-    te_alpha: float | None = None,
+    text_encoder_ranks: Sequence[int] = (),
+    text_encoder_alphas: Sequence[float] = (),
     resolution: int | tuple[int, int],
     steps: int,
     title: str,
@@ -213,42 +216,47 @@ def save_lora(
     adapter_name: str = "default",
     dtype: torch.dtype = torch.float32,
 ) -> dict[str, Path]:
-    """Write ``out_dir/lora.safetensors`` (kohya) and ``out_dir/diffusers/pytorch_lora_weights.safetensors``."""
-    from diffusers import StableDiffusionPipeline
+    """Write ``out_dir/lora.safetensors`` (kohya) and ``out_dir/diffusers/pytorch_lora_weights.safetensors``.
 
+    ``text_encoders`` are the trained (LoRA-injected) encoders in the family's order (SDXL: both),
+    or none; each has its rank and alpha. Names and metadata come from ``family``.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    te_rank = te_rank if te_rank is not None else rank
-    te_alpha = te_alpha if te_alpha is not None else alpha
+    text_encoders = tuple(text_encoders)
+    ranks = tuple(text_encoder_ranks) or (rank,) * len(text_encoders)
+    alphas = tuple(text_encoder_alphas) or (alpha,) * len(text_encoders)
+    slots = family.text_encoders[: len(text_encoders)]
 
     def cpu(sd):
         return {k: v.detach().to("cpu", dtype).contiguous() for k, v in sd.items()}
 
     unet_sd, unet_alphas, unet_rslora = _peft_state(unet, adapter_name, rank, alpha, "unet")
     unet_sd = cpu(unet_sd)
-    te_sd, te_alphas, te_rslora = None, None, False
-    if text_encoder is not None:
-        te_sd, te_alphas, te_rslora = _peft_state(
-            text_encoder, adapter_name, te_rank, te_alpha, "text encoder"
-        )
-        te_sd = cpu(te_sd)
-    prefix = family.text_encoder_kohya_prefixes[0]
+    te_parts = []  # (slot, state dict, per-module alphas, rslora, rank, alpha)
+    for slot, encoder, r, a in zip(slots, text_encoders, ranks, alphas, strict=True):
+        sd, te_alphas, rslora = _peft_state(encoder, adapter_name, r, a, slot.attribute)
+        te_parts.append((slot, cpu(sd), te_alphas, rslora, r, a))
+    unet_config = dict(unet.config) if hasattr(unet, "config") else {}
     kohya_sd = to_kohya_state_dict(
-        unet_sd, te_sd, unet_alpha=unet_alphas, te_alpha=te_alphas, te_prefix=prefix
+        unet_sd,
+        {slot.kohya_prefix: (sd, te_alphas) for slot, sd, te_alphas, *_ in te_parts},
+        unet_alpha=unet_alphas,
+        unet_namer=lambda m: family.kohya_unet_name(m, unet_config),
     )
     metadata = lora_metadata(
         family=family,
+        prediction_type=prediction_type,
         rank=rank,
         alpha=alpha,
-        te_rank=te_rank,
-        te_alpha=te_alpha,
+        text_encoder_ranks=ranks if text_encoders else (),
+        text_encoder_alphas=alphas if text_encoders else (),
         resolution=resolution,
         steps=steps,
         title=title,
         targets=targets,
         base_model=base_model,
-        text_encoder=te_sd is not None,
-        dora=any(k.endswith(".lora_magnitude_vector") for k in [*unet_sd, *(te_sd or {})]),
+        dora=any(k.endswith(".lora_magnitude_vector") for k in [*unet_sd, *(k for p in te_parts for k in p[1])]),
     )
     for key, value in (extra_metadata or {}).items():
         if not isinstance(value, str):
@@ -263,20 +271,14 @@ def save_lora(
 
     # diffusers: text-encoder keys keep transformers 4's text_model. prefix (diffusers strips it for
     # transformers 5, ComfyUI expects it); target_modules are suffixes that match either layout.
-    te_layers = {_te_key(TEXT_MODEL + k.removeprefix(TEXT_MODEL)): v for k, v in te_sd.items()} if te_sd else None
+    layers = {"unet_lora_layers": unet_sd, "unet_lora_adapter_metadata": _adapter_metadata(unet_sd, rank, alpha, unet_rslora)}
+    for slot, sd, _, rslora, r, a in te_parts:
+        layers[f"{slot.attribute}_lora_layers"] = {_te_key(TEXT_MODEL + k.removeprefix(TEXT_MODEL)): v for k, v in sd.items()}
+        layers[f"{slot.attribute}_lora_adapter_metadata"] = _adapter_metadata(sd, r, a, rslora)
     diffusers_dir = out_dir / DIFFUSERS_DIR
     diffusers_dir.mkdir(exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".lora-", dir=diffusers_dir) as tmp:
-        StableDiffusionPipeline.save_lora_weights(
-            tmp,
-            unet_lora_layers=unet_sd,
-            text_encoder_lora_layers=te_layers,
-            unet_lora_adapter_metadata=_adapter_metadata(unet_sd, rank, alpha, unet_rslora),
-            text_encoder_lora_adapter_metadata=(
-                _adapter_metadata(te_sd, te_rank, te_alpha, te_rslora) if te_sd else None
-            ),
-            safe_serialization=True,
-        )
+        family.pipeline_class().save_lora_weights(tmp, safe_serialization=True, **layers)
         data = (Path(tmp) / DIFFUSERS_FILE).read_bytes()
     provenance = {k: v for k, v in metadata.items() if k.startswith(("modelspec.", "sdexp."))}
     paths["diffusers"] = atomic_write_bytes(

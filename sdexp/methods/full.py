@@ -2,8 +2,8 @@
 
 The EMA weights are what evaluation scores and what a checkpoint holds (swapped in around
 validation, sampling and saving), because for full fine-tunes they are the better model. A
-checkpoint is a diffusers pipeline folder that ``StableDiffusionPipeline.from_pretrained`` loads;
-the frozen components are written once per run and hard-linked into each checkpoint.
+checkpoint is a diffusers pipeline folder that the family's pipeline class loads (in
+``train.save_dtype``); the frozen components are written once per run and hard-linked into each.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ class FullModule(StableDiffusionModule):
     def trainable_modules(self) -> list[torch.nn.Module]:
         mods = [self.base.unet]
         if self.text_encoder_trains:
-            mods.append(self.base.text_encoder)
+            mods += list(self.base.text_encoders)
         return mods
 
     def _trained_parameters(self) -> list[torch.nn.Parameter]:
@@ -60,13 +60,10 @@ class FullModule(StableDiffusionModule):
         t, m = self.cfg.train, self.cfg.method
         groups = [{"name": "unet", "params": list(self.base.unet.parameters()), "lr": t.lr}]
         if self.text_encoder_trains:
-            groups.append(
-                {
-                    "name": "text_encoder",
-                    "params": list(self.base.text_encoder.parameters()),
-                    "lr": m.text_encoder_lr or t.lr,
-                }
-            )
+            for slot, encoder in zip(self.base.family.text_encoders, self.base.text_encoders, strict=True):
+                groups.append(
+                    {"name": slot.attribute, "params": list(encoder.parameters()), "lr": m.text_encoder_lr or t.lr}
+                )
         return build_optimizer_and_scheduler(groups, t)
 
     # ----- EMA ----------------------------------------------------------------------------
@@ -96,10 +93,11 @@ class FullModule(StableDiffusionModule):
         self.on_validation_start()
         try:
             paths = {"unet": ckpt_dir / "unet"}
-            self.base.unet.save_pretrained(paths["unet"], safe_serialization=True)
+            _save_in(self.base.unet, paths["unet"], self.save_dtype)
             if self.text_encoder_trains:
-                paths["text_encoder"] = ckpt_dir / "text_encoder"
-                self.base.text_encoder.save_pretrained(paths["text_encoder"], safe_serialization=True)
+                for slot, encoder in zip(self.base.family.text_encoders, self.base.text_encoders, strict=True):
+                    paths[slot.attribute] = ckpt_dir / slot.attribute
+                    _save_in(encoder, paths[slot.attribute], self.save_dtype)
         finally:
             self.on_validation_end()
         (ckpt_dir / "sdexp_checkpoint.txt").write_text(
@@ -117,10 +115,40 @@ class FullModule(StableDiffusionModule):
         staging.mkdir(parents=True)
         pipe = self.base.pipeline()
         pipe.save_config(staging)  # model_index.json: which class each component folder holds
+        # The VAE as it was loaded: SDXL's stays fp32 under fp16 unless the user replaced it.
         self.base.vae.save_pretrained(staging / "vae", safe_serialization=True)
-        self.base.tokenizer.save_pretrained(staging / "tokenizer")
+        family = self.base.family
+        for slot, tokenizer in zip(family.text_encoders, self.base.tokenizers, strict=True):
+            tokenizer.save_pretrained(staging / slot.tokenizer_attribute)
         self.base.noise_scheduler.save_pretrained(staging / "scheduler")
         if not self.text_encoder_trains:
-            self.base.text_encoder.save_pretrained(staging / "text_encoder", safe_serialization=True)
+            for slot, encoder in zip(family.text_encoders, self.base.text_encoders, strict=True):
+                _save_in(encoder, staging / slot.attribute, self.save_dtype)
         os.replace(staging, folder)
         return folder
+
+    @property
+    def save_dtype(self) -> torch.dtype:
+        from sdexp.models.loading import DTYPES
+
+        return DTYPES[self.cfg.train.save_dtype]
+
+
+def _save_in(module: torch.nn.Module, folder: Path, dtype: torch.dtype) -> None:
+    """``save_pretrained`` in ``dtype`` (fp16/bf16 halve a checkpoint), leaving the module as it was."""
+    if all(p.dtype == dtype for p in module.parameters()):
+        module.save_pretrained(folder, safe_serialization=True)
+        return
+    state = {k: v.detach().to(dtype) if v.is_floating_point() else v for k, v in module.state_dict().items()}
+    if hasattr(module, "save_config"):  # a diffusers model: its save_pretrained takes no state dict
+        from safetensors.torch import save_file
+
+        folder.mkdir(parents=True, exist_ok=True)
+        module.save_config(folder)
+        save_file(
+            {k: v.contiguous() for k, v in state.items()},
+            folder / "diffusion_pytorch_model.safetensors",
+            metadata={"format": "pt"},
+        )
+    else:
+        module.save_pretrained(folder, safe_serialization=True, state_dict=state)

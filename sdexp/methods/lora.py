@@ -1,5 +1,5 @@
-"""LoRA or DoRA (peft) on the UNet and optionally the text encoder (its own rank and learning rate),
-saved as kohya + diffusers files."""
+"""LoRA or DoRA (peft) on the UNet and optionally every text encoder of the family (each with its own
+rank and learning rate), saved as kohya + diffusers files."""
 
 from __future__ import annotations
 
@@ -27,14 +27,22 @@ class LoraModule(StableDiffusionModule):
         return float(m.alpha if m.alpha is not None else m.rank)
 
     @property
-    def te_rank(self) -> int:
+    def te_ranks(self) -> tuple[int, ...]:
+        """Rank of each text encoder's LoRA: text_encoder_rank (else rank); the second encoder
+        (SDXL's bigG) text_encoder_2_rank, else the first's."""
         m = self.cfg.method
-        return int(m.text_encoder_rank or m.rank)
+        first = int(m.text_encoder_rank or m.rank)
+        return (first, int(m.text_encoder_2_rank or first))[: len(self.base.text_encoders)]
 
     @property
-    def te_alpha(self) -> float:
+    def te_alphas(self) -> tuple[float, ...]:
         m = self.cfg.method
-        return float(m.alpha if m.alpha is not None else self.te_rank)
+        return tuple(float(m.alpha if m.alpha is not None else r) for r in self.te_ranks)
+
+    def te_lrs(self) -> tuple[float, ...]:
+        m, t = self.cfg.method, self.cfg.train
+        first = float(m.text_encoder_lr or t.lr)
+        return (first, float(m.text_encoder_2_lr or first))[: len(self.base.text_encoders)]
 
     def configure_adapters(self) -> None:
         m, base = self.cfg.method, self.base
@@ -52,28 +60,29 @@ class LoraModule(StableDiffusionModule):
         modules = [base.unet]
         if self.text_encoder_trains:
             # transformers' own add_adapter wants peft >= 0.22; peft's injection works on any model.
-            inject_adapter_in_model(
-                LoraConfig(
-                    r=self.te_rank,
-                    lora_alpha=self.te_alpha,
-                    lora_dropout=m.dropout,
-                    target_modules=text_encoder_lora_targets(base.text_encoder),
-                    use_dora=m.dora,
-                ),
-                base.text_encoder,
-                adapter_name="default",
-            )
-            modules.append(base.text_encoder)
+            for encoder, rank, alpha in zip(base.text_encoders, self.te_ranks, self.te_alphas, strict=True):
+                inject_adapter_in_model(
+                    LoraConfig(
+                        r=rank,
+                        lora_alpha=alpha,
+                        lora_dropout=m.dropout,
+                        target_modules=text_encoder_lora_targets(encoder),
+                        use_dora=m.dora,
+                    ),
+                    encoder,
+                    adapter_name="default",
+                )
+                modules.append(encoder)
         cast_training_params(modules, dtype=torch.float32)
 
     def trainable_modules(self) -> list[torch.nn.Module]:
         mods = [self.base.unet]
         if self.text_encoder_trains:
-            mods.append(self.base.text_encoder)
+            mods += list(self.base.text_encoders)
         return mods
 
     def parameter_groups(self) -> list[dict]:
-        t, m = self.cfg.train, self.cfg.method
+        t = self.cfg.train
         groups = [
             {
                 "name": "unet",
@@ -82,8 +91,9 @@ class LoraModule(StableDiffusionModule):
             }
         ]
         if self.text_encoder_trains:
-            te_params = [p for p in self.base.text_encoder.parameters() if p.requires_grad]
-            groups.append({"name": "text_encoder", "params": te_params, "lr": m.text_encoder_lr or t.lr})
+            for slot, encoder, lr in zip(self.base.family.text_encoders, self.base.text_encoders, self.te_lrs(), strict=True):
+                params = [p for p in encoder.parameters() if p.requires_grad]
+                groups.append({"name": slot.attribute, "params": params, "lr": lr})
         return groups
 
     def configure_optimizers(self):
@@ -92,16 +102,17 @@ class LoraModule(StableDiffusionModule):
     def on_save_checkpoint(self, ckpt_dir: Path, step: int) -> dict[str, Path]:
         from sdexp.export.lora_files import save_lora
 
-        cfg = self.cfg
+        cfg, trains = self.cfg, self.text_encoder_trains
         return save_lora(
             ckpt_dir,
             unet=self.base.unet,
-            text_encoder=self.base.text_encoder if self.text_encoder_trains else None,
+            text_encoders=self.base.text_encoders if trains else (),
             family=self.base.family,
+            prediction_type=self.base.prediction_type,
             rank=cfg.method.rank,
             alpha=self.alpha,
-            te_rank=self.te_rank if self.text_encoder_trains else None,
-            te_alpha=self.te_alpha if self.text_encoder_trains else None,
+            text_encoder_ranks=self.te_ranks if trains else (),
+            text_encoder_alphas=self.te_alphas if trains else (),
             resolution=self.resolution,
             steps=step,
             title=cfg.logger.run_name or f"sdexp-{self.base.name}-lora",

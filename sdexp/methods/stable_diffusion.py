@@ -18,6 +18,7 @@ from sdexp.config import RunConfig
 from sdexp.methods.base import StepOutput, TrainingModule
 from sdexp.methods.diffusion import per_sample_loss, prediction_target, sample_noise, sample_timesteps
 from sdexp.methods.training_data import TrainingData
+from sdexp.models.conditioning import Conditioning
 from sdexp.models.loading import DTYPES, BaseModel, load_base, native_resolution
 
 VALIDATION_SEED_OFFSET = 1_000_003  # keeps validation noise apart from training noise
@@ -31,7 +32,8 @@ def resolve_weight_dtype(model_dtype: str, mixed_precision: str) -> torch.dtype:
 
 
 class StableDiffusionModule(TrainingData, TrainingModule):
-    """Latent-diffusion training on an SD 1.x-style base with a frozen VAE."""
+    """Latent-diffusion training on a base of any family with a frozen VAE; the family encodes
+    prompts (and SDXL's image geometry) into a ``Conditioning``."""
 
     def __init__(self, cfg: RunConfig):
         self.cfg = cfg
@@ -39,10 +41,11 @@ class StableDiffusionModule(TrainingData, TrainingModule):
         self.train_dataset = None
         self._generator: torch.Generator | None = None
         self._val_cache: list[dict] | None = None
-        self._token_cache: dict[str, torch.Tensor] = {}
-        self._unet_call = self._text_encoder_call = None  # set once accelerate has prepared them
+        self._token_cache: dict[str, tuple[torch.Tensor, ...]] = {}
+        self._unet_call = None  # set once accelerate has prepared it
+        self._text_encoder_calls: tuple = ()
         self.latent_cache = self.text_cache = None  # on-disk encodings (data.cache), set in setup
-        self._text_memo: dict[str, torch.Tensor] = {}
+        self._text_memo: dict[str, Conditioning] = {}
         self.cache_stats = {"latents_encoded": 0, "latents_from_cache": 0}
         self.class_images_generated = 0
         self.concepts: list = []  # set by load_data (a from-scratch stage has its own data)
@@ -54,7 +57,11 @@ class StableDiffusionModule(TrainingData, TrainingModule):
     def resolution(self) -> int:
         cfg = self.cfg
         model_ref = cfg.model.path or cfg.model.name
-        return cfg.train.resolution or cfg.model.resolution or native_resolution(model_ref, cfg.model.family)
+        return (
+            cfg.train.resolution
+            or cfg.model.resolution
+            or native_resolution(model_ref, cfg.model.family, cfg.model.prediction_type)
+        )
 
     def setup(self, trainer) -> None:
         super().setup(trainer)
@@ -62,17 +69,19 @@ class StableDiffusionModule(TrainingData, TrainingModule):
         if self.train_dataset is None:
             self.load_data()
         weight_dtype = self.weight_dtype = resolve_weight_dtype(cfg.model.dtype, cfg.train.mixed_precision)
-        model_ref = cfg.model.path or cfg.model.name
         self.base = load_base(
-            model_ref,
+            cfg.model.path or cfg.model.name,
             family=cfg.model.family,
             variant=cfg.model.variant,
             dtype=weight_dtype,
             prediction_type=cfg.model.prediction_type,
+            zero_terminal_snr=cfg.train.zero_terminal_snr,
             allow_pickle=cfg.model.allow_pickle,
+            vae=cfg.model.vae,
+            vae_dtype=cfg.model.vae_dtype,
         )
         device = trainer.device
-        for module in (self.base.unet, self.base.vae, self.base.text_encoder):
+        for module in self.base.modules:
             module.to(device)
         if getattr(self.cfg.method, "name", None) == "dreambooth":
             self._warn_about_token()
@@ -84,17 +93,20 @@ class StableDiffusionModule(TrainingData, TrainingModule):
         if cfg.train.gradient_checkpointing:
             self.base.unet.enable_gradient_checkpointing()
             if self.text_encoder_trains:
-                self.base.text_encoder.gradient_checkpointing_enable()
+                for encoder in self.base.text_encoders:
+                    encoder.gradient_checkpointing_enable()
         self._generator = torch.Generator(device=device).manual_seed(cfg.train.seed)
         # diffusers' `.dtype` walks every submodule on each read (ms per step): read it once.
         self._unet_dtype = self.base.unet.dtype
         self._vae_dtype = self.base.vae.dtype
+        self._text_encoder_calls = self.base.text_encoders
         self._open_caches()
 
     def on_modules_prepared(self, modules: list[torch.nn.Module]) -> None:
         # Forward through accelerate's wrappers so DDP can sync gradients (same objects on one device).
         self._unet_call = modules[0]
-        self._text_encoder_call = modules[1] if self.text_encoder_trains else self.base.text_encoder
+        if self.text_encoder_trains:
+            self._text_encoder_calls = tuple(modules[1 : 1 + len(self.base.text_encoders)])
 
     def configure_adapters(self) -> None:
         """Choose and wrap the trainable parameters (subclasses)."""
@@ -105,46 +117,55 @@ class StableDiffusionModule(TrainingData, TrainingModule):
         return False
 
     # ----- encoding -----------------------------------------------------------------------
-    def token_ids(self, captions: list[str]) -> torch.Tensor:
-        """Padded token ids, tokenized once per distinct caption."""
-        tok, cache = self.base.tokenizer, self._token_cache
-        for caption in captions:
-            if caption not in cache:
-                cache[caption] = tok(
-                    caption,
-                    padding="max_length",
-                    max_length=tok.model_max_length,
-                    truncation=True,
-                    return_tensors="pt",
-                ).input_ids[0]
-        return torch.stack([cache[c] for c in captions])
+    def token_ids(self, captions: list[str]) -> tuple[torch.Tensor, ...]:
+        """Padded token ids per text encoder, tokenized once per distinct caption."""
+        family, cache = self.base.family, self._token_cache
+        missing = [c for c in dict.fromkeys(captions) if c not in cache]
+        if missing:
+            ids = family.tokenize(self.base.tokenizers, missing)
+            for i, caption in enumerate(missing):
+                cache[caption] = tuple(t[i] for t in ids)
+        return tuple(torch.stack([cache[c][k] for c in captions]) for k in range(len(self.base.tokenizers)))
 
-    def encode_prompts(self, captions: list[str]) -> torch.Tensor:
+    def encode_prompts(self, captions: list[str]) -> Conditioning:
+        """The captions' text conditioning: encoded live, or from the text cache when it is on."""
         if self.text_cache is None:
-            ids = self.token_ids(captions).to(self.trainer.device)
-            return self._text_encoder_call(ids)[0]
-        return torch.stack(self._cached_text(captions))
+            device = self.trainer.device
+            ids = tuple(t.to(device) for t in self.token_ids(captions))
+            with torch.set_grad_enabled(self.text_encoder_trains and torch.is_grad_enabled()):
+                return self.base.family.encode(self._text_encoder_calls, ids)
+        return Conditioning.cat(self._cached_text(captions))
 
-    def _cached_text(self, captions: list[str]) -> list[torch.Tensor]:
+    def conditioning(self, captions: list[str], batch: dict | None, prefix: str = "") -> Conditioning:
+        """Text plus what the family conditions on besides it (SDXL: each item's geometry)."""
+        text = self.encode_prompts(captions)
+        geometry = None
+        if self.base.family.needs_geometry and batch is not None:
+            geometry = {k: batch[f"{prefix}{k}"] for k in ("original_size", "crop_top_left", "target_size")}
+        return self.base.family.condition(text, geometry)
+
+    def _cached_text(self, captions: list[str]) -> list[Conditioning]:
         """Frozen text-encoder outputs per caption: memory, then disk, then encoded (and stored)."""
         from sdexp.data.cache import caption_key
 
-        memo, device, max_length = self._text_memo, self.trainer.device, self.base.tokenizer.model_max_length
+        memo, device = self._text_memo, self.trainer.device
+        max_length = self.base.tokenizers[0].model_max_length
         missing = []
         for caption in dict.fromkeys(captions):
             if caption in memo:
                 continue
-            stored = self.text_cache.get(caption_key(caption, max_length))
+            stored = self.text_cache.get_tensors(caption_key(caption, max_length))
             if stored is None:
                 missing.append(caption)
             else:
-                memo[caption] = stored.to(device)
+                memo[caption] = Conditioning.from_tensors(stored).to(device)
         if missing:
             with torch.no_grad():
-                encoded = self._text_encoder_call(self.token_ids(missing).to(device))[0]
-            for caption, hidden in zip(missing, encoded, strict=True):
-                self.text_cache.put(caption_key(caption, max_length), hidden)
-                memo[caption] = hidden
+                ids = tuple(t.to(device) for t in self.token_ids(missing))
+                encoded = self.base.family.encode(self._text_encoder_calls, ids)
+            for caption, row in zip(missing, encoded.rows(), strict=True):
+                self.text_cache.put_tensors(caption_key(caption, max_length), row.as_tensors())
+                memo[caption] = row
         return [memo[c] for c in captions]
 
     def _latent_params(self, batch: dict, prefix: str = "") -> torch.Tensor:
@@ -168,9 +189,9 @@ class StableDiffusionModule(TrainingData, TrainingModule):
         self.cache_stats["latents_from_cache"] += len(latent_at)
         return torch.stack([rows[i] for i in range(len(rows))])
 
-    def _predict(self, noisy: torch.Tensor, timesteps: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+    def _predict(self, noisy: torch.Tensor, timesteps: torch.Tensor, cond: Conditioning) -> torch.Tensor:
         dtype = self._unet_dtype
-        return self._unet_call(noisy.to(dtype), timesteps, text.to(dtype)).sample
+        return self._unet_call(noisy.to(dtype), timesteps, **cond.unet_kwargs(dtype)).sample
 
     # ----- steps --------------------------------------------------------------------------
     def training_step(self, batch: dict, step: int) -> StepOutput:
@@ -180,15 +201,18 @@ class StableDiffusionModule(TrainingData, TrainingModule):
         prior = None
         if "class_caption" in batch:
             class_params, class_captions = self._latent_params(batch, "class_"), list(batch["class_caption"])
+            cond = self.conditioning(captions, batch)
+            class_cond = self.conditioning(class_captions, batch, "class_")
             if class_params.shape[1:] == params.shape[1:]:
                 # One UNet call over instance and class images together, as DreamBooth trains.
-                losses = self._denoising_losses(torch.cat([params, class_params]), captions + class_captions)
+                both = Conditioning.cat([cond, class_cond])
+                losses = self._denoising_losses(torch.cat([params, class_params]), both)
                 instance, prior = losses[:n], losses[n:]
             else:
-                instance = self._denoising_losses(params, captions)
-                prior = self._denoising_losses(class_params, class_captions)
+                instance = self._denoising_losses(params, cond)
+                prior = self._denoising_losses(class_params, class_cond)
         else:
-            instance = self._denoising_losses(params, captions)
+            instance = self._denoising_losses(params, self.conditioning(captions, batch))
         weights = batch["loss_weight"].to(instance.device, instance.dtype)
         loss = (instance * weights).mean()
         logs = self._concept_counts(batch["concept"])
@@ -198,7 +222,7 @@ class StableDiffusionModule(TrainingData, TrainingModule):
             loss = loss + self.prior_loss_weight * prior.mean()
         return StepOutput(loss=loss, logs=logs)
 
-    def _denoising_losses(self, latent_params: torch.Tensor, captions: list[str]) -> torch.Tensor:
+    def _denoising_losses(self, latent_params: torch.Tensor, cond: Conditioning) -> torch.Tensor:
         """Per-sample denoising loss: latents drawn from the VAE distribution, fresh noise and timesteps."""
         from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 
@@ -208,9 +232,7 @@ class StableDiffusionModule(TrainingData, TrainingModule):
         noise = sample_noise(latents, gen, t.noise_offset)
         timesteps = sample_timesteps(latents.shape[0], sched.config.num_train_timesteps, gen, latents.device)
         noisy = sched.add_noise(latents, noise, timesteps)
-        with torch.set_grad_enabled(self.text_encoder_trains):
-            text = self.encode_prompts(captions)
-        pred = self._predict(noisy, timesteps, text)
+        pred = self._predict(noisy, timesteps, cond)
         target = prediction_target(sched, latents, noise, timesteps)
         return per_sample_loss(pred, target, timesteps, sched, t.min_snr_gamma)
 
@@ -257,6 +279,7 @@ class StableDiffusionModule(TrainingData, TrainingModule):
                     "timesteps": grid.clone(),
                     "caption": [item["caption"]] * n_t,
                     "probe": probe,
+                    **{k: torch.tensor([item[k]] * n_t) for k in ("original_size", "crop_top_left", "target_size")},
                 }
             )
         return batches
@@ -286,8 +309,7 @@ class StableDiffusionModule(TrainingData, TrainingModule):
         noise = batch["noise"].to(device)
         timesteps = batch["timesteps"].to(device)
         noisy = sched.add_noise(latents, noise, timesteps)
-        text = self.encode_prompts(batch["caption"])
-        pred = self._predict(noisy, timesteps, text)
+        pred = self._predict(noisy, timesteps, self.conditioning(batch["caption"], batch))
         target = prediction_target(sched, latents, noise, timesteps)
         loss = per_sample_loss(pred, target, timesteps, sched, None).mean()
         key = "train_loss" if batch.get("probe") else "loss"

@@ -140,7 +140,7 @@ class TrainingData:
                 concept.class_prompt or self.cfg.method.class_prompt
             )  # known even without the prior
             token = instance_token(concept.prompt, class_prompt, self.cfg.data.token)
-            warning = common_token_warning(token, self.base.tokenizer)
+            warning = common_token_warning(token, self.base.tokenizers[0])
             if warning:
                 print(warning)
 
@@ -171,7 +171,8 @@ class TrainingData:
                     "the text encoder stays live (only fixed captions are cached)"
                 )
             else:
-                namespace = encoder_namespace(fingerprint, "text_encoder", self.base.text_encoder.dtype)
+                dtype = self.base.text_encoders[0].dtype
+                namespace = encoder_namespace(fingerprint, "text_encoders", dtype)
                 self.text_cache = TensorCache(root, "text", namespace)
 
     def run_info(self) -> dict:

@@ -174,9 +174,7 @@ def _load_sdexp_clip(model_dir: Path, device) -> ClipModel:
     import json
 
     from safetensors.torch import load_file
-    from transformers import CLIPConfig, CLIPModel, CLIPTextModel, CLIPTokenizer
-
-    from sdexp.pretrain.assemble import text_tower
+    from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
 
     clip_dir = model_dir / "clip"
     config = CLIPConfig.from_pretrained(clip_dir)
@@ -184,8 +182,9 @@ def _load_sdexp_clip(model_dir: Path, device) -> ClipModel:
     missing, unexpected = model.load_state_dict(load_file(clip_dir / "model.safetensors"), strict=False)
     if unexpected or any(not k.startswith("text_model.") for k in missing):
         raise UserError(f"{clip_dir}: weights do not match its config.json; the model folder is damaged")
-    text_encoder = CLIPTextModel.from_pretrained(model_dir / "text_encoder", dtype=torch.float32)
-    model.text_model.load_state_dict(text_tower(text_encoder).state_dict())
+    # The CLIP's text tower is the model's text_encoder/ (same weights, stored once).
+    text_weights = load_file(model_dir / "text_encoder" / "model.safetensors")
+    model.text_model.load_state_dict({k.removeprefix("text_model."): v.float() for k, v in text_weights.items()})
     prep = json.loads((clip_dir / "preprocessor_config.json").read_text())
     return TransformersClip(
         name=model_dir.name,
@@ -211,12 +210,12 @@ def load_clip(spec: str | Path, device: str | torch.device = "cpu") -> ClipModel
 
 
 def _load_clip(spec: str | Path, device: str | torch.device) -> ClipModel:
-    from sdexp.models.loading import resolve_model_dir
+    from sdexp.models.loading import resolve_model
 
     if str(spec).startswith("open_clip:"):
         return _load_open_clip(str(spec), device)
     if str(spec) == "tiny_shapes" or (Path(spec).expanduser() / "clip" / "config.json").exists():
-        model_dir = resolve_model_dir(spec, key="clip model")
+        model_dir = resolve_model(spec, key="clip model")
         if not (model_dir / "clip" / "config.json").exists():
             raise UserError(f"clip model: {model_dir} has no clip/ folder")
         return _load_sdexp_clip(model_dir, device)

@@ -12,19 +12,20 @@ from sdexp.metrics.scores import clip_t, distribution_distance
 
 def forgetting_probe(clip, base_images, checkpoint_images, prompts: list[str]) -> dict[str, float]:
     """CLIP-T of the base and of the checkpoint on the prior prompts, its change, and FID/KID between
-    the two image sets (0 when nothing was forgotten)."""
+    the two image sets (0 when nothing was forgotten; left out below two images a set)."""
     if not len(base_images) == len(checkpoint_images) == len(prompts):
         raise ValueError("base images, checkpoint images and prompts must pair one to one")
     base_t, ckpt_t = clip_t(clip, base_images, prompts), clip_t(clip, checkpoint_images, prompts)
-    dist = distribution_distance(clip, base_images, checkpoint_images)
-    return {
+    out = {
         "forgetting/clip_t_base": base_t,
         "forgetting/clip_t": ckpt_t,
         "forgetting/clip_t_change": ckpt_t - base_t,
-        "forgetting/fid": dist.fid,
-        "forgetting/kid": dist.kid,
         "forgetting/samples": float(len(prompts)),
     }
+    if len(prompts) >= 2:  # FID/KID need a covariance: one image a set gives none (the caller warns)
+        dist = distribution_distance(clip, base_images, checkpoint_images)
+        out.update({"forgetting/fid": dist.fid, "forgetting/kid": dist.kid})
+    return out
 
 
 def prompt_drift(clip, images, prompts: list[str], token: str) -> float:

@@ -1,7 +1,15 @@
-"""The built-in `tiny` base: SD 1.x architecture, seeded random weights, built once and cached.
+"""The built-in random-weight bases, one per family: `tiny` (SD 1.x), `tiny_sd2`, `tiny_sdxl`.
 
-It lets every test, the demo and CI run real diffusers components without downloading weights.
-Same versions of torch/diffusers/transformers → byte-identical files on every build.
+Small configs of each real architecture with seeded random weights, built once and cached, so
+every test, the demo and CI run real diffusers components of every family without downloading
+weights. Same versions of torch/diffusers/transformers → byte-identical files on every build.
+
+- `tiny`: SD 1.x (conv 1×1 proj_in/out, CLIP-L-style text encoder with quick_gelu, epsilon).
+- `tiny_sd2`: SD 2.x (linear proj_in/out, an OpenCLIP-style text encoder with gelu whose
+  tokenizer pads with ``!``, v-prediction like SD 2.1 768).
+- `tiny_sdxl`: SDXL (two text encoders, the second with a projection and ``!`` padding,
+  penultimate hidden states concatenated, text_time micro-conditioning, VAE scaling 0.13025,
+  layers_per_block 2 as in the real UNet so the original SGM block numbering is exercised).
 """
 
 from __future__ import annotations
@@ -10,6 +18,8 @@ import hashlib
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 TINY_VERSION = 2
@@ -58,47 +68,109 @@ SCHEDULER_CONFIG = dict(
     steps_offset=1,
 )
 
+# SD 2.x: linear projections, per-block head counts, an OpenCLIP-style (gelu) text encoder.
+SD2_UNET_CONFIG = {
+    **UNET_CONFIG,
+    "use_linear_projection": True,
+    "attention_head_dim": (2, 4, 4),
+}
+SD2_TEXT_CONFIG = {**TEXT_CONFIG, "hidden_act": "gelu"}
+SD2_SCHEDULER_CONFIG = {**SCHEDULER_CONFIG, "prediction_type": "v_prediction"}
+
+# SDXL: no attention in the first block, two text encoders (32 + 32 = 64 context), pooled
+# embedding of the second (projection 32) plus six time ids of 8 channels each.
+SDXL_ADD_TIME_DIM = 8
+SDXL_UNET_CONFIG = dict(
+    sample_size=TINY_RESOLUTION // 4,
+    in_channels=4,
+    out_channels=4,
+    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+    block_out_channels=(32, 64, 64),
+    layers_per_block=2,
+    transformer_layers_per_block=(1, 1, 2),
+    cross_attention_dim=64,
+    attention_head_dim=(2, 4, 4),
+    use_linear_projection=True,
+    addition_embed_type="text_time",
+    addition_time_embed_dim=SDXL_ADD_TIME_DIM,
+    projection_class_embeddings_input_dim=32 + 6 * SDXL_ADD_TIME_DIM,
+    norm_num_groups=8,
+)
+SDXL_VAE_CONFIG = {**VAE_CONFIG, "scaling_factor": 0.13025, "force_upcast": True}
+SDXL_TEXT_CONFIG = TEXT_CONFIG
+SDXL_TEXT_2_CONFIG = {**TEXT_CONFIG, "hidden_act": "gelu", "num_hidden_layers": 3}
+SDXL_SCHEDULER_CONFIG = SCHEDULER_CONFIG
+
 
 def cache_root() -> Path:
     return Path(os.environ.get("SDEXP_CACHE", Path.home() / ".cache" / "sdexp"))
 
 
-def _build_key() -> str:
+def _build_key(name: str, version: int) -> str:
     import diffusers
     import torch
     import transformers
 
-    text = f"{TINY_VERSION}|{torch.__version__}|{diffusers.__version__}|{transformers.__version__}"
+    text = f"{name}|{version}|{torch.__version__}|{diffusers.__version__}|{transformers.__version__}"
+    if name == "tiny":  # the SD 1.x key predates the others; keep its cache folder name
+        text = f"{version}|{torch.__version__}|{diffusers.__version__}|{transformers.__version__}"
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-def build_tiny(out_dir: str | Path) -> Path:
-    """Write the tiny model as a diffusers folder at ``out_dir`` (deterministic)."""
+def _text_encoder(cls, tokenizer, config: dict, seed: int):
     import torch
-    from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from transformers import CLIPTextConfig
+
+    torch.manual_seed(seed)
+    return cls(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            **config,
+        )
+    )
+
+
+def _tokenizer(tmp: Path, name: str, pad_token: str | None = None):
+    from transformers import CLIPTokenizer
 
     from sdexp.models.tokenizer import train_clip_tokenizer
+
+    kwargs = {"pad_token": pad_token} if pad_token else {}
+    return CLIPTokenizer.from_pretrained(train_clip_tokenizer(tmp / name, **kwargs))
+
+
+def _save(pipe, out_dir: Path, tokenizers: dict[str, str | None]) -> Path:
+    """Save the pipeline; ship each tokenizer in CLIP's own layout (as the real models do), not
+    transformers' re-save of it, which records load-time flags and so differs between builds."""
+    from sdexp.models.tokenizer import train_clip_tokenizer
+
+    pipe.save_pretrained(out_dir, safe_serialization=True)
+    for folder, pad_token in tokenizers.items():
+        shutil.rmtree(out_dir / folder)
+        train_clip_tokenizer(out_dir / folder, **({"pad_token": pad_token} if pad_token else {}))
+    return out_dir
+
+
+def build_tiny(out_dir: str | Path) -> Path:
+    """Write the tiny SD 1.x model as a diffusers folder at ``out_dir`` (deterministic)."""
+    import torch
+    from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
     from sdexp.quiet import quiet_libraries
 
     quiet_libraries()
-
-    out_dir = Path(out_dir)
     with tempfile.TemporaryDirectory() as tmp:
-        tokenizer = CLIPTokenizer.from_pretrained(train_clip_tokenizer(Path(tmp) / "tokenizer"))
+        tokenizer = _tokenizer(Path(tmp), "tokenizer")
     torch.manual_seed(0)
     unet = UNet2DConditionModel(**UNET_CONFIG)
     torch.manual_seed(1)
     vae = AutoencoderKL(**VAE_CONFIG)
-    torch.manual_seed(2)
-    text_config = CLIPTextConfig(
-        vocab_size=len(tokenizer),
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        **TEXT_CONFIG,
-    )
-    text_encoder = CLIPTextModel(text_config)
+    text_encoder = _text_encoder(CLIPTextModel, tokenizer, TEXT_CONFIG, seed=2)
     pipe = StableDiffusionPipeline(
         vae=vae,
         text_encoder=text_encoder,
@@ -109,23 +181,97 @@ def build_tiny(out_dir: str | Path) -> Path:
         feature_extractor=None,
         requires_safety_checker=False,
     )
-    pipe.save_pretrained(out_dir, safe_serialization=True)
-    # Ship the tokenizer in CLIP's own layout (as SD 1.5 does), not transformers' re-save of it,
-    # which records load-time flags (local_files_only) and so differs between builds.
-    shutil.rmtree(out_dir / "tokenizer")
-    train_clip_tokenizer(out_dir / "tokenizer")
-    return out_dir
+    return _save(pipe, Path(out_dir), {"tokenizer": None})
 
 
-def ensure_tiny() -> Path:
-    """The cached tiny model folder, built atomically on first use."""
-    target = cache_root() / "models" / f"tiny-v{TINY_VERSION}-{_build_key()}"
+def build_tiny_sd2(out_dir: str | Path) -> Path:
+    """The tiny SD 2.x model (v-prediction, ``!``-padded OpenCLIP-style tokenizer)."""
+    import torch
+    from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    from sdexp.quiet import quiet_libraries
+
+    quiet_libraries()
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer = _tokenizer(Path(tmp), "tokenizer", pad_token="!")
+    torch.manual_seed(10)
+    unet = UNet2DConditionModel(**SD2_UNET_CONFIG)
+    torch.manual_seed(11)
+    vae = AutoencoderKL(**VAE_CONFIG)
+    text_encoder = _text_encoder(CLIPTextModel, tokenizer, SD2_TEXT_CONFIG, seed=12)
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=DDPMScheduler(**SD2_SCHEDULER_CONFIG),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    return _save(pipe, Path(out_dir), {"tokenizer": "!"})
+
+
+def build_tiny_sdxl(out_dir: str | Path) -> Path:
+    """The tiny SDXL model: two text encoders, text_time conditioning, 0.13025 VAE scaling."""
+    import torch
+    from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    from sdexp.quiet import quiet_libraries
+
+    quiet_libraries()
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer = _tokenizer(Path(tmp), "tokenizer")
+        tokenizer_2 = _tokenizer(Path(tmp), "tokenizer_2", pad_token="!")
+    torch.manual_seed(20)
+    unet = UNet2DConditionModel(**SDXL_UNET_CONFIG)
+    torch.manual_seed(21)
+    vae = AutoencoderKL(**SDXL_VAE_CONFIG)
+    text_encoder = _text_encoder(CLIPTextModel, tokenizer, SDXL_TEXT_CONFIG, seed=22)
+    text_encoder_2 = _text_encoder(CLIPTextModelWithProjection, tokenizer_2, SDXL_TEXT_2_CONFIG, seed=23)
+    pipe = StableDiffusionXLPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        text_encoder_2=text_encoder_2,
+        tokenizer=tokenizer,
+        tokenizer_2=tokenizer_2,
+        unet=unet,
+        scheduler=DDPMScheduler(**SDXL_SCHEDULER_CONFIG),
+        force_zeros_for_empty_prompt=True,
+        add_watermarker=False,
+    )
+    return _save(pipe, Path(out_dir), {"tokenizer": None, "tokenizer_2": "!"})
+
+
+@dataclass(frozen=True)
+class TinyModel:
+    name: str
+    version: int
+    build: Callable[[str | Path], Path]
+
+
+TINY_MODELS = {
+    m.name: m
+    for m in (
+        TinyModel("tiny", TINY_VERSION, build_tiny),
+        TinyModel("tiny_sd2", 1, build_tiny_sd2),
+        TinyModel("tiny_sdxl", 1, build_tiny_sdxl),
+    )
+}
+
+
+def ensure_tiny(name: str = "tiny") -> Path:
+    """The cached folder of built-in random-weight model ``name``, built atomically on first use."""
+    spec = TINY_MODELS[name]
+    target = cache_root() / "models" / f"{name}-v{spec.version}-{_build_key(name, spec.version)}"
     if (target / "model_index.json").exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".tiny-", dir=target.parent))
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
     try:
-        build_tiny(staging)
+        spec.build(staging)
         try:
             os.replace(staging, target)
         except OSError:  # another process finished first

@@ -70,9 +70,12 @@ def learn_bpe(words: list[str], vocab_size: int) -> tuple[list[str], list[tuple[
     return alphabet, merges
 
 
-def train_clip_tokenizer(out_dir: str | Path, vocab_size: int = 1000, texts: list[str] | None = None) -> Path:
+def train_clip_tokenizer(
+    out_dir: str | Path, vocab_size: int = 1000, texts: list[str] | None = None, pad_token: str = EOS
+) -> Path:
     """Learn the BPE (on ``texts``, e.g. a dataset's captions, or built-in words) and write
-    vocab.json, merges.txt and the tokenizer configs."""
+    vocab.json, merges.txt and the tokenizer configs. ``pad_token``: SD 1.x pads with
+    <|endoftext|>; SD 2.x and SDXL's second tokenizer (OpenCLIP) pad with ``!``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     words = [w for line in _corpus(texts) for w in re.findall(r"[a-z]+|[0-9]|[^\sa-z0-9]+", line.lower())]
@@ -90,7 +93,7 @@ def train_clip_tokenizer(out_dir: str | Path, vocab_size: int = 1000, texts: lis
         "bos_token": BOS,
         "eos_token": EOS,
         "unk_token": EOS,
-        "pad_token": EOS,
+        "pad_token": pad_token,
     }
     (out_dir / "special_tokens_map.json").write_text(json.dumps(special, indent=2, sort_keys=True))
     tokenizer_config = {

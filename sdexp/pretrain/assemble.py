@@ -1,7 +1,7 @@
 """Pretrained parts → a diffusers pipeline folder (plus the CLIP beside it, without a second text tower).
 
 Layout of a finished model folder (what `model=tiny_shapes` ships):
-  model_index.json, scheduler/, tokenizer/, text_encoder/, vae/, unet/   (StableDiffusionPipeline)
+  model_index.json, scheduler/, tokenizer/, text_encoder/, vae/, unet/   (an SD 1.x pipeline)
   clip/config.json, clip/model.safetensors (vision tower + projections), clip/preprocessor_config.json
 The CLIP's text tower *is* text_encoder/, so `sdexp.metrics.clip_models` joins the two on load.
 """
@@ -42,19 +42,17 @@ def unet_config(arch) -> dict:
 
 
 def save_pipeline_folder(out_dir: Path, *, unet, vae, text_encoder, tokenizer_dir: Path, scheduler) -> Path:
-    """Write a StableDiffusionPipeline folder; the tokenizer is copied in CLIP's own file layout."""
-    from diffusers import StableDiffusionPipeline
+    """Write an SD 1.x pipeline folder; the tokenizer is copied in CLIP's own file layout."""
     from transformers import CLIPTokenizer
 
-    pipe = StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=CLIPTokenizer.from_pretrained(tokenizer_dir),
+    from sdexp.models.families import get_family
+
+    pipe = get_family("sd1").assemble_pipeline(
         unet=unet,
+        vae=vae,
+        text_encoders=(text_encoder,),
+        tokenizers=(CLIPTokenizer.from_pretrained(tokenizer_dir),),
         scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
     )
     pipe.save_pretrained(out_dir, safe_serialization=True)
     # transformers' re-save records load-time flags; ship the learned files as they are.
@@ -64,16 +62,16 @@ def save_pipeline_folder(out_dir: Path, *, unet, vae, text_encoder, tokenizer_di
 
 
 def text_encoder_from_clip(clip_model):
-    """The CLIP's text tower as a CLIPTextModel (same `text_model.*` weights)."""
-    from transformers import CLIPTextModel
+    """The CLIP's text tower as an SD 1.x text encoder (same `text_model.*` weights)."""
+    from sdexp.models.families import get_family
 
-    text_encoder = CLIPTextModel(clip_model.config.text_config)
+    text_encoder = get_family("sd1").text_encoder_class()(clip_model.config.text_config)
     text_tower(text_encoder).load_state_dict(clip_model.text_model.state_dict())
     return text_encoder
 
 
 def text_tower(text_encoder):
-    """The transformer inside a CLIPTextModel (transformers < 5.2x wraps it in `.text_model`)."""
+    """The transformer inside a text encoder (transformers < 5.2x wraps it in `.text_model`)."""
     return getattr(text_encoder, "text_model", text_encoder)
 
 
@@ -143,7 +141,9 @@ def write_final_model(
 ) -> Path:
     """The shipped folder: the pipeline in ``dtype`` with the trained UNet, and the CLIP beside it."""
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-    from transformers import CLIPModel, CLIPTextModel
+    from transformers import CLIPModel
+
+    from sdexp.models.families import get_family
 
     staging = out_dir.parent / f".{out_dir.name}.partial"
     shutil.rmtree(staging, ignore_errors=True)
@@ -151,7 +151,7 @@ def write_final_model(
         staging,
         unet=UNet2DConditionModel.from_pretrained(unet_dir).to(dtype),
         vae=AutoencoderKL.from_pretrained(unet_base, subfolder="vae").to(dtype),
-        text_encoder=CLIPTextModel.from_pretrained(unet_base / "text_encoder").to(dtype),
+        text_encoder=get_family("sd1").text_encoder_class().from_pretrained(unet_base / "text_encoder").to(dtype),
         tokenizer_dir=unet_base / "tokenizer",
         scheduler=DDPMScheduler.from_pretrained(unet_base, subfolder="scheduler"),
     )

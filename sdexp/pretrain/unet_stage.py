@@ -38,7 +38,7 @@ class UnetFromScratchModule(StableDiffusionModule):
     def setup(self, trainer) -> None:
         super().setup(trainer)
         device = trainer.device
-        self.tokens = CaptionTokens(self.base.tokenizer, self.images.captions).to(device)
+        self.tokens = CaptionTokens(self.base.tokenizers[0], self.images.captions).to(device)
         self._encode_latents(device)
         if self.objective.ema_decay:
             from diffusers.training_utils import EMAModel
@@ -87,7 +87,7 @@ class UnetFromScratchModule(StableDiffusionModule):
             drop = torch.rand(groups.shape, generator=gen, device=groups.device) < self.objective.cond_dropout
             groups = torch.where(drop, torch.full_like(groups, self.tokens.empty_group), groups)
         with torch.no_grad():
-            text = self._text_encoder_call(self.tokens.ids_of_groups(groups))[0]
+            text = self.base.family.encode(self._text_encoder_calls, (self.tokens.ids_of_groups(groups),))
         pred = self._predict(noisy, timesteps, text)
         target = prediction_target(sched, latents, noise, timesteps)
         loss = per_sample_loss(pred, target, timesteps, sched, t.min_snr_gamma).mean()

@@ -7,7 +7,10 @@ trial must not win, nor push feasible ones off a Pareto front.
 
 from __future__ import annotations
 
-from sdexp.sweep.layout import SweepInfo
+from pathlib import Path
+
+from sdexp.sweep.layout import SweepInfo, load_study, trial_dir
+from sdexp.tracking.run_log import RUN_LOG
 
 
 def _violation(trial) -> float:
@@ -71,3 +74,49 @@ def ranked_trials(info: SweepInfo, study) -> list:
     return best + sorted(
         (t for t in complete_trials(study) if t.number not in numbers), key=_first_objective_key(info)
     )
+
+
+def trial_run_dir(sweep_dir: str | Path, trial) -> Path:
+    """The trial's run folder: its ``run_dir`` user attribute, relative to the sweep folder."""
+    rel = trial.user_attrs.get("run_dir")
+    return Path(sweep_dir) / rel if rel else trial_dir(sweep_dir, trial.number)
+
+
+def best_rows(sweep_dir: str | Path) -> tuple[SweepInfo, list[dict]]:
+    """(SweepInfo, one dict per best trial: number, params, objectives, checkpoint, run folder)."""
+    info, study = load_study(sweep_dir)
+    rows = []
+    for t in best_trials(info, study):
+        run_dir = trial_run_dir(sweep_dir, t)
+        rows.append(
+            {
+                "trial": t.number,
+                "params": t.params,
+                "objectives": dict(zip(info.objectives, t.values, strict=True)),
+                "feasible": float(t.user_attrs.get("violation", 0.0) or 0.0) == 0.0,
+                "checkpoint": t.user_attrs.get("best_checkpoint"),
+                "step": t.user_attrs.get("best_step"),
+                "run_dir": str(run_dir),
+                "best_dir": str(run_dir / "best"),
+                "metrics": t.user_attrs.get("metrics") or {},
+            }
+        )
+    return info, rows
+
+
+def failed_rows(sweep_dir: str | Path, study=None) -> list[dict]:
+    """One dict per FAIL trial, oldest first: number, params, error (the exception's first line, as
+    the trial runner recorded it; None for a worker lost without a word) and its run.log path."""
+    import optuna
+
+    if study is None:
+        _, study = load_study(sweep_dir)
+    return [
+        {
+            "trial": t.number,
+            "params": t.params,
+            "error": t.user_attrs.get("error"),
+            "log": str(trial_run_dir(sweep_dir, t) / RUN_LOG),
+        }
+        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,))
+    ]

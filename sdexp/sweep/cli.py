@@ -2,6 +2,8 @@
 
 sdexp sweep sweeps/demo.yaml [overrides...] [--out DIR] [--storage URL] [--n-trials N]
 sdexp best sweeps-out/demo [--export DIR]
+
+A sweep whose trials all failed alike ends with that error in one line and exit code 2.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from sdexp.quiet import quiet_libraries
     from sdexp.sweep.definition import load_definition
     from sdexp.sweep.runner import SweepRunner
+    from sdexp.sweep.summary import log_sweep_summary
 
     quiet_libraries()
     definition = load_definition(args.definition)
@@ -69,54 +72,32 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         )
         return 130
     print(f"trials: {outcome.completed} complete, {outcome.pruned} pruned, {outcome.failed} failed")
-    print_best(runner.sweep_dir)
+    if not outcome.failed_out:
+        print_best(runner.sweep_dir)
     if not args.no_report:
-        try:
-            from analysis.report import write_report
-        except ImportError:
-            print(f"report: run `python -m analysis.report {runner.sweep_dir}` from an sdexp checkout")
-        else:
-            print(f"report: {write_report(runner.sweep_dir)}")
-    from sdexp.sweep.summary import log_sweep_summary
+        from analysis.report import report
 
+        report(runner.sweep_dir)
     log_sweep_summary(runner)
+    if outcome.failed_out:  # nothing to show for it but the error every trial made: say it in one line
+        raise UserError(outcome.stopped)
     return 0
 
 
-def best_rows(sweep_dir: Path) -> tuple[object, list[dict]]:
-    """(SweepInfo, one dict per best trial: number, params, objectives, checkpoint, run folder)."""
-    from sdexp.sweep.best import best_trials
-    from sdexp.sweep.layout import load_study
-
-    info, study = load_study(sweep_dir)
-    rows = []
-    for t in best_trials(info, study):
-        run_dir = Path(sweep_dir) / t.user_attrs.get("run_dir", "")
-        rows.append(
-            {
-                "trial": t.number,
-                "params": t.params,
-                "objectives": dict(zip(info.objectives, t.values, strict=True)),
-                "feasible": float(t.user_attrs.get("violation", 0.0) or 0.0) == 0.0,
-                "checkpoint": t.user_attrs.get("best_checkpoint"),
-                "step": t.user_attrs.get("best_step"),
-                "run_dir": str(run_dir),
-                "best_dir": str(run_dir / "best"),
-                "metrics": t.user_attrs.get("metrics") or {},
-            }
-        )
-    return info, rows
+MAX_FAILED_SHOWN = 10
 
 
 def print_best(sweep_dir: Path) -> list[dict]:
+    """The best trial (or Pareto set), then each failed trial's error and where its run.log is."""
+    from sdexp.sweep.best import best_rows, failed_rows
+
     info, rows = best_rows(sweep_dir)
     if not rows:
         print("no trial has completed yet")
-        return rows
-    title = "best trial" if len(info.objectives) == 1 else f"Pareto set ({len(rows)} trials)"
-    print(
-        f"{title} by {', '.join(f'{o} ({d})' for o, d in zip(info.objectives, info.directions, strict=True))}:"
-    )
+    else:
+        title = "best trial" if len(info.objectives) == 1 else f"Pareto set ({len(rows)} trials)"
+        directions = zip(info.objectives, info.directions, strict=True)
+        print(f"{title} by {', '.join(f'{o} ({d})' for o, d in directions)}:")
     for r in rows:
         params = " ".join(
             f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in r["params"].items()
@@ -126,6 +107,15 @@ def print_best(sweep_dir: Path) -> list[dict]:
         print(
             f"  trial {r['trial']}: {values}{flag}\n    {params}\n    best checkpoint: {r['checkpoint']} (step {r['step']}) -> {r['best_dir']}"
         )
+    failed = failed_rows(sweep_dir)
+    if failed:
+        print(f"failed trials ({len(failed)}):")
+    for f in failed[:MAX_FAILED_SHOWN]:
+        print(
+            f"  trial {f['trial']}: {f['error'] or 'no error recorded (its worker was lost)'}\n    log: {f['log']}"
+        )
+    if len(failed) > MAX_FAILED_SHOWN:
+        print(f"  … and {len(failed) - MAX_FAILED_SHOWN} more (the report lists them all)")
     return rows
 
 
@@ -144,6 +134,8 @@ def print_best(sweep_dir: Path) -> list[dict]:
     ],
 )
 def cmd_best(args: argparse.Namespace) -> int:
+    from sdexp.sweep.best import best_rows
+
     if args.json:
         _, rows = best_rows(args.sweep_dir)
         print(json.dumps(rows, indent=2, default=str))

@@ -13,15 +13,21 @@
 
 Any run-config key can be searched. Everything is checked when the sweep starts: the YAML keys, the
 parameter ranges, and that the base config composes with every parameter at its bounds, so a typo
-fails in seconds with the key named, not in trial 7.
+fails in seconds with the key named, not in trial 7. Numbers are read as YAML 1.2 reads them
+(``1e-5`` is a float, not PyYAML's string), and a whole number written as a float (``1e3``) is an
+int where an int is expected.
 """
 
 from __future__ import annotations
 
 import itertools
+import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from sdexp.errors import ConfigError, UserError
 
@@ -81,6 +87,42 @@ class SweepDefinition:
         ]
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _number(value: Any, where: str) -> float | int:
+    """A YAML number; a quoted one ('1e-5') is named as such, since quoting is the likely mistake."""
+    if _is_number(value) and math.isfinite(value):
+        return value
+    hint = ""
+    if isinstance(value, str):
+        try:
+            float(value)
+            hint = ", a quoted string: drop the quotes"
+        except ValueError:
+            pass
+    raise ConfigError(f"{where}: give a number (got {value!r}{hint})")
+
+
+def _whole(value: Any, where: str) -> int:
+    """An int, also when written as a float (``1e3``, ``100.0``): YAML 1.2 reads both as floats."""
+    value = _number(value, where)
+    if isinstance(value, float) and not value.is_integer():
+        raise ConfigError(f"{where}: give a whole number (got {value!r})")
+    return int(value)
+
+
+def _int_if_whole(value: Any) -> Any:
+    """``4.0`` -> ``4`` (an int config key refuses ``4.0``; a float key takes ``4``); else as is."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def _options(raw: dict) -> dict:
+    """Sampler/pruner options with whole floats as ints (Hyperband's ``min_resource: 2e2``)."""
+    return {k: _int_if_whole(v) for k, v in raw.items()}
+
+
 def _param(key: str, raw: Any, where: str) -> ParamSpec:
     if isinstance(raw, list):  # shorthand: a list of values is a categorical parameter
         raw = {"type": "categorical", "choices": raw}
@@ -98,20 +140,27 @@ def _param(key: str, raw: Any, where: str) -> ParamSpec:
     if choices is not None:
         if not isinstance(choices, list) or not choices:
             raise ConfigError(f"{where}.choices: give a non-empty list")
-        return ParamSpec(key, "categorical", choices=list(choices))
+        return ParamSpec(key, "categorical", choices=[_int_if_whole(c) for c in choices])
     if kind == "categorical":
         raise ConfigError(f"{where}.choices: a categorical parameter needs choices")
-    low, high = raw.get("low"), raw.get("high")
-    if not isinstance(low, (int, float)) or not isinstance(high, (int, float)) or low >= high:
+    low, high = _number(raw.get("low"), f"{where}.low"), _number(raw.get("high"), f"{where}.high")
+    if kind == "int":
+        low, high = _whole(low, f"{where}.low"), _whole(high, f"{where}.high")
+    if low >= high:
         raise ConfigError(f"{where}: needs numbers low < high (got low={low!r}, high={high!r})")
     log = bool(raw.get("log", False))
     if log and low <= 0:
         raise ConfigError(f"{where}.low: a log-scale range must be above 0 (got {low})")
     step = raw.get("step")
-    if step is not None and log:
-        raise ConfigError(f"{where}.step: Optuna cannot combine step and log; drop one")
-    return ParamSpec(key, kind, float(low) if kind == "float" else int(low),
-                     float(high) if kind == "float" else int(high), log, step)  # fmt: skip
+    if step is not None:
+        if log:
+            raise ConfigError(f"{where}.step: Optuna cannot combine step and log; drop one")
+        step = _whole(step, f"{where}.step") if kind == "int" else _number(step, f"{where}.step")
+        if step <= 0:
+            raise ConfigError(f"{where}.step: must be > 0 (got {step})")
+    if kind == "float":
+        low, high = float(low), float(high)
+    return ParamSpec(key, kind, low, high, log, step)
 
 
 def parse_definition(raw: dict, source: str = "sweep") -> SweepDefinition:
@@ -130,11 +179,11 @@ def parse_definition(raw: dict, source: str = "sweep") -> SweepDefinition:
         )
     space = {str(k): _param(str(k), v, f"space.{k}") for k, v in space_raw.items()}
     sampler = raw.get("sampler") or {"name": "tpe"}
-    sampler = {"name": sampler} if isinstance(sampler, str) else dict(sampler)
+    sampler = _options({"name": sampler} if isinstance(sampler, str) else dict(sampler))
     if sampler.get("name") not in SAMPLERS:
         raise ConfigError(f"sampler.name: {sampler.get('name')!r} is not one of {', '.join(SAMPLERS)}")
     pruner = raw.get("pruner") or {"name": "none"}
-    pruner = {"name": pruner} if isinstance(pruner, str) else dict(pruner)
+    pruner = _options({"name": pruner} if isinstance(pruner, str) else dict(pruner))
     if pruner.get("name") not in PRUNERS:
         raise ConfigError(f"pruner.name: {pruner.get('name')!r} is not one of {', '.join(PRUNERS)}")
     overrides = raw.get("overrides") or []
@@ -149,11 +198,11 @@ def parse_definition(raw: dict, source: str = "sweep") -> SweepDefinition:
         space=space,
         sampler=sampler,
         pruner=pruner,
-        n_trials=raw.get("n_trials"),
-        timeout_minutes=raw.get("timeout_minutes"),
+        n_trials=_optional(raw, "n_trials", _whole),
+        timeout_minutes=_optional(raw, "timeout_minutes", _number),
         objectives=raw.get("objectives"),
-        max_failures=raw.get("max_failures"),
-        heartbeat_seconds=int(raw.get("heartbeat_seconds", 30)),
+        max_failures=_optional(raw, "max_failures", _whole),
+        heartbeat_seconds=_whole(raw.get("heartbeat_seconds", 30), "heartbeat_seconds"),
     )
     if definition.sampler_name == "grid":
         continuous = [k for k, p in space.items() if p.type != "categorical"]
@@ -173,17 +222,48 @@ def parse_definition(raw: dict, source: str = "sweep") -> SweepDefinition:
         raise ConfigError("timeout_minutes: must be > 0 (or null for no limit)")
     if definition.heartbeat_seconds < 1:
         raise ConfigError("heartbeat_seconds: must be >= 1")
+    if definition.max_failures is not None and definition.max_failures < 1:
+        raise ConfigError("max_failures: must be >= 1 (or null for the default; see docs/sweeps.md)")
     return definition
 
 
-def load_definition(path: str | Path) -> SweepDefinition:
-    import yaml
+def _optional(raw: dict, key: str, convert):
+    return None if raw.get(key) is None else convert(raw[key], key)
 
+
+FLOAT_TAG = "tag:yaml.org,2002:float"
+# YAML 1.2's floats: PyYAML (YAML 1.1) wants a dot and a signed exponent, so it reads `1e-5` as a string.
+FLOAT_RE = re.compile(
+    r"""^(?:[-+]?[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+    |[-+]?\.[0-9][0-9_]*(?:[eE][-+]?[0-9]+)?
+    |[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+
+    |[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+\.[0-9_]*
+    |[-+]?\.(?:inf|Inf|INF)
+    |\.(?:nan|NaN|NAN))$""",
+    re.X,
+)
+
+
+class SweepYamlLoader(yaml.SafeLoader):
+    """SafeLoader whose floats follow YAML 1.2: `1e-5`, `1E-5`, `-3e2` are numbers, as people write them."""
+
+    yaml_implicit_resolvers = {
+        first: [(tag, FLOAT_RE if tag == FLOAT_TAG else regexp) for tag, regexp in resolvers]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
+
+
+def load_yaml(text: str) -> Any:
+    """Parse a sweep definition's YAML (safe: plain data only)."""
+    return yaml.load(text, Loader=SweepYamlLoader)
+
+
+def load_definition(path: str | Path) -> SweepDefinition:
     path = Path(path).expanduser()
     if not path.is_file():
         raise UserError(f"sweep definition {path} does not exist; see sweeps/ for ready ones")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = load_yaml(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
     return parse_definition(raw, str(path))
@@ -200,8 +280,10 @@ def format_value(value: Any) -> str:
     return str(value)
 
 
-def trial_overrides(definition: SweepDefinition, params: dict) -> list[str]:
-    return [*definition.overrides, *(f"{k}={format_value(v)}" for k, v in params.items())]
+def trial_overrides(definition: SweepDefinition, params: dict, extra: list[str] = ()) -> list[str]:
+    """A trial's Hydra overrides: the definition's, then the command line's ``extra``, then the
+    sampled values (which win, as the checks at the door composed them)."""
+    return [*definition.overrides, *extra, *(f"{k}={format_value(v)}" for k, v in params.items())]
 
 
 def check_composes(definition: SweepDefinition, extra: list[str]):
@@ -210,9 +292,7 @@ def check_composes(definition: SweepDefinition, extra: list[str]):
     from sdexp.entry import compose_run_config
 
     def compose(params: dict):
-        return compose_run_config(
-            [*definition.overrides, *extra, *(f"{k}={format_value(v)}" for k, v in params.items())]
-        )
+        return compose_run_config(trial_overrides(definition, params, extra))
 
     first = {k: p.bounds()[0] for k, p in definition.space.items()}
     for key, spec in definition.space.items():

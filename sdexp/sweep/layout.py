@@ -5,8 +5,8 @@
       sweep.json        study name, storage URL, objective names and directions, n_trials
       study.db          the Optuna study (SQLite, the default storage; or elsewhere: sweep.json)
       trials/NNNN/      one run folder per Optuna trial number (config.yaml, metrics.jsonl, run.json,
-                        best.json, best/, checkpoints/, samples/)
-      report/           `python -m analysis.report SWEEP` writes index.html here
+                        run.log, best.json, best/, checkpoints/, samples/)
+      report/           `sdexp report SWEEP` (and `sdexp sweep` at its end) writes index.html here
 
 Each Optuna trial carries these user attributes (set by the trial runner):
     run_dir          "trials/NNNN" (relative to SWEEP)
@@ -96,7 +96,7 @@ def load_study(sweep_dir: str | Path):
     """(SweepInfo, optuna.Study) of a sweep folder, read-only use."""
     import optuna
 
-    from sdexp.sweep.runner import quiet_optuna
+    from sdexp.quiet import quiet_optuna
 
     quiet_optuna()
     info = read_sweep_info(sweep_dir)

@@ -16,6 +16,7 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import re
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -24,7 +25,8 @@ from pathlib import Path
 from sdexp.atomic import atomic_write_bytes
 from sdexp.callbacks.base import Callback
 from sdexp.errors import ConfigError, UserError
-from sdexp.sweep.definition import SweepDefinition, check_composes, format_value
+from sdexp.quiet import quiet_optuna
+from sdexp.sweep.definition import SweepDefinition, check_composes, format_value, trial_overrides
 from sdexp.sweep.layout import (
     DEFINITION_FILE,
     STALE_AFTER_BEATS,
@@ -35,22 +37,9 @@ from sdexp.sweep.layout import (
     trial_dir,
     write_sweep_info,
 )
+from sdexp.tracking.run_log import RUN_LOG, run_log
 
 LOCK_FILE = ".sweep.lock"
-
-
-def quiet_optuna() -> None:
-    """Optuna's per-trial INFO lines duplicate ours; its warnings about ask/tell with heartbeats
-    (we send them ourselves) and experimental flags say nothing a user can act on."""
-    import warnings
-
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    warnings.filterwarnings(
-        "ignore", message="Heartbeat of storage is supposed to be used with Study.optimize"
-    )
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 
 INFEASIBLE = 1e9  # pruners see numbers only: a checkpoint breaking a constraint reads this much worse
@@ -182,6 +171,24 @@ class SweepOutcome:
     pruned: int
     failed: int
     stopped: str  # why this invocation ended
+    # It stopped on failures and no trial of the study has finished: ``stopped`` says why, in one line.
+    failed_out: bool = False
+
+
+SAME_ERROR_STREAK = 3  # max_failures: null stops after this many failures in a row with one error
+
+
+def _error_kind(error: str) -> str:
+    """An error with its numbers blanked, so "loss is nan at step 3" and "... step 7" are one error."""
+    return re.sub(r"\d+", "#", error)
+
+
+def shown_path(path: Path) -> str:
+    """``path`` as a user can paste it: relative to the working folder when inside it."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 def _first_line(err: BaseException) -> str:
@@ -339,33 +346,68 @@ class SweepRunner:
 
     def run(self, *, timeout_minutes: float | None = None) -> SweepOutcome:
         """Claim and run trials until the study has n_trials finished, the time budget is spent,
-        or max_failures trials failed in this invocation."""
+        or too many trials failed in this invocation: ``max_failures``; by default (null)
+        SAME_ERROR_STREAK in a row with one error while no trial of the study has finished (a
+        mistake every trial will repeat), else n_trials. Stopped on failures with nothing finished,
+        the outcome is ``failed_out`` and the caller reports ``stopped`` (one line); else it is
+        notified here."""
         from optuna.trial import TrialState
 
         d = self.definition
         timeout = timeout_minutes if timeout_minutes is not None else d.timeout_minutes
         deadline = time.time() + 60 * timeout if timeout else None
         max_failures = d.max_failures or self.info.n_trials
-        failures = 0
-        stopped = ""
+        ran, failures, streak = 0, [], []  # failures: (trial number, error); streak: since the last success
+        stopped, on_failures = "", False
         while True:
             if deadline and time.time() >= deadline:
                 stopped = f"time budget of {timeout:g} minutes spent"
                 break
-            if failures >= max_failures:
-                stopped = f"{failures} trials failed in this invocation (max_failures)"
+            if len(failures) >= max_failures or (d.max_failures is None and self._same_error(streak)):
+                stopped, on_failures = self._failure_summary(failures, ran), True
                 break
             trial, stopped = self._claim()
             if trial is None:
                 break
-            state = self._run_trial(trial)
+            state, error = self._run_trial(trial)
+            ran += 1
             if state == TrialState.FAIL:
-                failures += 1
+                failures.append((trial.number, error))
+                streak.append((trial.number, error))
+            else:
+                streak.clear()
         c = self._counts()
-        self.notify(f"sweep {self.info.name}: {stopped}")
-        return SweepOutcome(c[TrialState.COMPLETE], c[TrialState.PRUNED], c[TrialState.FAIL], stopped)
+        failed_out = on_failures and c[TrialState.COMPLETE] + c[TrialState.PRUNED] == 0
+        if failed_out:
+            stopped = f"sweep {self.info.name}: {stopped}"
+        else:
+            self.notify(f"sweep {self.info.name}: {stopped}")
+        return SweepOutcome(
+            c[TrialState.COMPLETE], c[TrialState.PRUNED], c[TrialState.FAIL], stopped, failed_out
+        )
 
-    def _run_trial(self, trial):
+    def _same_error(self, streak: list[tuple[int, str]]) -> bool:
+        """The last SAME_ERROR_STREAK trials failed alike and no trial of the study has finished."""
+        from optuna.trial import TrialState
+
+        last = streak[-SAME_ERROR_STREAK:]
+        if len(last) < SAME_ERROR_STREAK or len({_error_kind(e) for _, e in last}) > 1:
+            return False
+        c = self._counts()
+        return c[TrialState.COMPLETE] + c[TrialState.PRUNED] == 0
+
+    def _failure_summary(self, failures: list[tuple[int, str]], ran: int) -> str:
+        """One line: how many failed, the error, and the run.log to read."""
+        same = len({_error_kind(e) for _, e in failures}) == 1
+        number, error = failures[0] if same else failures[-1]
+        log = shown_path(trial_dir(self.sweep_dir, number) / RUN_LOG)
+        if same and len(failures) == ran:
+            return f"all {ran} trials failed with the same error: {error} — see {log}"
+        how_many = f"all {ran} trials" if len(failures) == ran else f"{len(failures)} of {ran} trials"
+        return f"{how_many} failed (max_failures); the last: {error} — see {log}"
+
+    def _run_trial(self, trial) -> tuple:
+        """Run one claimed trial and tell the study; returns (its TrialState, its error or None)."""
         import optuna
         from optuna.trial import TrialState
 
@@ -385,21 +427,21 @@ class SweepRunner:
             if isinstance(self.storage, optuna.storages.RDBStorage)
             else contextlib.nullcontext()
         )
+        log = run_dir / RUN_LOG
         try:
-            with beat:
+            with beat, run_log(log):  # from the sampled values to the traceback, if it fails
                 params = {key: spec.suggest(trial) for key, spec in d.space.items()}
                 self.notify(
                     f"trial {number}: " + " ".join(f"{k}={format_value(v)}" for k, v in params.items())
                 )
-                overrides = [
-                    *d.overrides,
-                    *self.extra,
-                    *(f"{k}={format_value(v)}" for k, v in params.items()),
-                    f"logger.group={info.study_name}",
-                    f"logger.run_name={info.study_name}-{number:04d}",
-                    f"logger.tags=[sweep,{info.study_name}]",
-                ]
-                cfg = compose_run_config(overrides)
+                cfg = compose_run_config(
+                    [
+                        *trial_overrides(d, params, self.extra),
+                        f"logger.group={info.study_name}",
+                        f"logger.run_name={info.study_name}-{number:04d}",
+                        f"logger.tags=[sweep,{info.study_name}]",
+                    ]
+                )
                 result = train_run(cfg, run_dir, notify=self.notify, callbacks=[pruning] if pruning else [])
         except KeyboardInterrupt:
             trial.set_user_attr(
@@ -409,11 +451,12 @@ class SweepRunner:
             self.study.enqueue_trial(trial.params, user_attrs={"retry_of": number})
             raise
         except Exception as err:  # a failed trial never takes the sweep down
-            trial.set_user_attr("error", _first_line(err))
-            self.notify(f"trial {number} failed: {_first_line(err)}")
+            error = _first_line(err)
+            trial.set_user_attr("error", error)
+            self.notify(f"trial {number} failed: {error} (log: {shown_path(log)})")
             _free_accelerator_memory()
             self.study.tell(trial, state=TrialState.FAIL)
-            return TrialState.FAIL
+            return TrialState.FAIL, error
         best = result.best or {}
         run = json.loads((result.run_dir / "run.json").read_text())
         timings = run.get("timings", {})
@@ -435,16 +478,17 @@ class SweepRunner:
             trial.set_user_attr("pruned_step", pruning.pruned_step)
             self.study.tell(trial, state=TrialState.PRUNED)
             self.notify(f"trial {number} pruned at step {pruning.pruned_step}")
-            return TrialState.PRUNED
+            return TrialState.PRUNED, None
         if not best.get("objectives"):
-            trial.set_user_attr("error", "RuntimeError: the run produced no objective (no scored checkpoint)")
+            error = "RuntimeError: the run produced no objective (no scored checkpoint)"
+            trial.set_user_attr("error", error)
             self.study.tell(trial, state=TrialState.FAIL)
-            return TrialState.FAIL
+            return TrialState.FAIL, error
         values = [float(best["objectives"][name]) for name in info.objectives]
         self.study.tell(trial, values[0] if len(values) == 1 else values)
         self.notify(f"trial {number}: " + ", ".join(f"{n} {v:.4g}" for n, v in zip(info.objectives, values, strict=True))
                     + f" at {best.get('checkpoint')}" + ("" if violation == 0 else f" (violates constraints by {violation:.3g})"))  # fmt: skip
-        return TrialState.COMPLETE
+        return TrialState.COMPLETE, None
 
 
 def _plain(spec) -> dict:

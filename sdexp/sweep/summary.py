@@ -5,7 +5,7 @@ from __future__ import annotations
 
 
 def log_sweep_summary(runner) -> None:
-    from sdexp.sweep.cli import best_rows
+    from sdexp.sweep.best import best_rows
 
     lg = runner.base.logger
     if lg.name != "wandb":

@@ -21,9 +21,9 @@ def check_shippable(model_dir: Path) -> int:
     """Total size in bytes; UserError naming what is wrong otherwise."""
     from safetensors import safe_open
 
-    from sdexp.models.loading import resolve_model_dir
+    from sdexp.models.loading import resolve_model
 
-    resolve_model_dir(model_dir, key="model")
+    resolve_model(model_dir, key="model")
     if not (model_dir / "clip" / "model.safetensors").exists():
         raise UserError(f"{model_dir} has no clip/model.safetensors; ship a `sdexp pretrain` model folder")
     files = [p for p in model_dir.rglob("*") if p.is_file()]

@@ -208,3 +208,39 @@ def test_svgs_are_well_formed_and_infinite_values_are_left_out(tmp_path):
         root = ET.fromstring(svg)
         assert len(root.findall("{http://www.w3.org/2000/svg}circle")) == 2 + 1  # finite points + legend
     assert "★ 2" in html
+
+
+def test_failed_trials_show_their_error_and_a_link_to_their_run_log(sweep):
+    log = trial_dir(sweep, 3) / "run.log"
+    log.parent.mkdir(parents=True)
+    log.write_text("Traceback (most recent call last):\nRuntimeError: CUDA out of memory\n")
+    html = write_report(sweep, sweep / "elsewhere" / "page").read_text()
+    failed = html.split("<h2>Failed trials (1)</h2>")[1].split("</table>")[0]
+    assert "&lt;boom&gt; &amp; more" in failed and "train.lr = 0.01" in failed
+    href = re.search(r'<a href="([^"]+)">trials/0003/run.log</a>', failed).group(1)
+    assert href == "../../trials/0003/run.log"
+    assert ((sweep / "elsewhere" / "page") / href).resolve() == log.resolve()
+    log.unlink()  # a trial whose folder was cleaned up: the path still shows, with no dead link
+    failed = write_report(sweep).read_text().split("<h2>Failed trials (1)</h2>")[1]
+    assert "trials/0003/run.log (missing)" in failed and "<a href" not in failed.split("</table>")[0]
+
+
+def test_a_sweep_with_no_failures_has_no_failed_trials_section(tmp_path):
+    _, study = make_study(tmp_path)
+    add(study, TrialState.COMPLETE, 1e-3, 4, 0.5, {"violation": 0})
+    assert "Failed trials" not in write_report(tmp_path).read_text()
+
+
+def test_sdexp_report_writes_the_page_and_refuses_a_folder_that_is_not_a_sweep(sweep, tmp_path, cli):
+    proc = cli(["-m", "sdexp.cli", "report", str(sweep)])
+    assert proc.returncode == 0, proc.stderr
+    index = sweep / "report" / "index.html"
+    assert f"report: {index}" in proc.stdout and "<h2>Trials</h2>" in index.read_text()
+    elsewhere = tmp_path / "not-a-sweep"
+    elsewhere.mkdir()
+    proc = cli(["-m", "sdexp.cli", "report", str(elsewhere)])
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.splitlines() == [
+        f"sdexp report: error: {elsewhere}: not a sweep folder (no sweep.json); pass the folder `sdexp sweep` wrote"
+    ]
+    assert not (elsewhere / "report").exists()

@@ -67,13 +67,18 @@ def test_same_seed_gives_byte_identical_lora_files(compose, toy_images, tmp_path
     assert a[0] != c[0] and a[1] != c[1]
 
 
-def test_trained_files_load_through_diffusers_and_give_the_in_memory_image(compose, toy_images, tmp_path):
+@pytest.mark.parametrize("model", ["tiny", "tiny_sd2", "tiny_sdxl"])
+def test_trained_files_load_through_diffusers_and_give_the_in_memory_image(model, compose, toy_images, tmp_path):
+    """A LoRA run with text-encoder LoRA (SDXL: on both encoders) on each family: the kohya and the
+    diffusers files load through the family's own pipeline (StableDiffusionXLPipeline for XL) and
+    give the in-memory model's image for a fixed seed; scale 0 gives the base's."""
     from sdexp.methods import build_module
     from sdexp.models.loading import load_base
     from sdexp.trainer import Trainer
 
     cfg = compose(
         *FAST,
+        f"model={model}",
         f"data.dir={toy_images}",
         "data.prompt=a photo of sks toy",
         "method.targets=all",
@@ -101,11 +106,12 @@ def test_trained_files_load_through_diffusers_and_give_the_in_memory_image(compo
         return out.images[0]
 
     trained = image(module.base.pipeline())
-    base_image = image(load_base("tiny").pipeline())
+    base_image = image(load_base(model).pipeline())
     assert np.abs(trained - base_image).max() > 1e-3
     final = tmp_path / "run" / "checkpoints" / "final"
     for path in (final / "lora.safetensors", final / "diffusers" / "pytorch_lora_weights.safetensors"):
-        pipe = load_base("tiny").pipeline()
+        pipe = load_base(model).pipeline()
+        assert type(pipe).__name__ == module.base.family.pipeline_class_name
         pipe.load_lora_weights(str(path), adapter_name="trained")
         np.testing.assert_allclose(image(pipe), trained, atol=2e-4, err_msg=str(path))
         pipe.set_adapters(["trained"], adapter_weights=[0.0])

@@ -30,7 +30,7 @@ def test_meta_models_are_sd15_sized(sd15):
 def test_transformer_targets_kohya_names(sd15):
     unet, te = sd15
     names = [kohya_unet_name(m) for m in unet_lora_targets(unet, "transformer")]
-    te_names = [kohya_te_name(m) for m in text_encoder_lora_targets(te)]
+    te_names = [kohya_te_name(m, "lora_te") for m in text_encoder_lora_targets(te)]
     assert len(names) == len(set(names)) == 192
     assert len(te_names) == len(set(te_names)) == 72
     for expected in (
@@ -73,9 +73,9 @@ def test_all_targets_add_conv_blocks(sd15):
 
 
 def test_te_name_prefix_is_added_once_and_wrappers_are_dropped():
-    assert kohya_te_name("encoder.layers.11.mlp.fc2") == "lora_te_text_model_encoder_layers_11_mlp_fc2"
+    assert kohya_te_name("encoder.layers.11.mlp.fc2", "lora_te") == "lora_te_text_model_encoder_layers_11_mlp_fc2"
     assert (
-        kohya_te_name("text_model.encoder.layers.11.mlp.fc2")
+        kohya_te_name("text_model.encoder.layers.11.mlp.fc2", "lora_te")
         == "lora_te_text_model_encoder_layers_11_mlp_fc2"
     )
     assert kohya_te_name("encoder.layers.0.self_attn.q_proj", "lora_te1").startswith("lora_te1_text_model_")
@@ -99,7 +99,7 @@ def test_round_trip_every_sd15_module(sd15, use_lookup):
     unet_modules = unet_lora_targets(unet, "all")
     te_modules = text_encoder_lora_targets(te)
     unet_sd, te_sd = _fake_peft(unet_modules), _fake_peft(te_modules)
-    kohya = to_kohya_state_dict(unet_sd, te_sd, unet_alpha=1.0, te_alpha={m: 3.0 for m in te_modules})
+    kohya = to_kohya_state_dict(unet_sd, {"lora_te": (te_sd, {m: 3.0 for m in te_modules})}, unet_alpha=1.0)
     assert len(kohya) == 3 * (len(unet_modules) + len(te_modules))
     name = kohya_unet_name(unet_modules[0])
     assert torch.equal(kohya[f"{name}.lora_down.weight"], unet_sd[f"{unet_modules[0]}.lora_A.weight"])
@@ -112,12 +112,12 @@ def test_round_trip_every_sd15_module(sd15, use_lookup):
     )
     back = from_kohya_state_dict(kohya, **(lookup if use_lookup else {}))
     assert back.unet.keys() == unet_sd.keys()
-    assert back.text_encoder.keys() == te_sd.keys()  # transformers 5 names: no text_model. prefix
+    assert back.text_encoders["lora_te"].keys() == te_sd.keys()  # transformers 5 names: no text_model. prefix
     assert all(torch.equal(back.unet[k], unet_sd[k]) for k in unet_sd)
     assert set(back.unet_alphas.values()) == {1.0}
     assert set(back.te_alphas["lora_te"].values()) == {3.0}
     with_prefix = from_kohya_state_dict(kohya, keep_text_model_prefix=True)
-    assert all(k.startswith("text_model.encoder.") for k in with_prefix.text_encoder)
+    assert all(k.startswith("text_model.encoder.") for k in with_prefix.text_encoders["lora_te"])
 
 
 def test_bad_keys_are_rejected():

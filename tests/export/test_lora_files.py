@@ -8,39 +8,17 @@ import struct
 import numpy as np
 import pytest
 import torch
+from lora_helpers import make_lora_model, save
 from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model
 from peft.tuners.tuners_utils import BaseTunerLayer
 from safetensors import safe_open
 
 from sdexp.export.kohya import from_kohya_state_dict
-from sdexp.export.lora_files import addnet_hash_file, save_lora
+from sdexp.export.lora_files import addnet_hash_file
 from sdexp.models.loading import load_base
 from sdexp.models.lora_targets import text_encoder_lora_targets, unet_lora_targets
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def make_lora_model(
-    targets: str, rank: int, alpha: float, te_rank: int | None = None, te_alpha: float | None = None
-):
-    """The tiny base with LoRA injected the way training injects it, lora_B seeded nonzero."""
-    base = load_base("tiny")
-    torch.manual_seed(0)
-    base.unet.add_adapter(
-        LoraConfig(r=rank, lora_alpha=alpha, target_modules=unet_lora_targets(base.unet, targets))
-    )
-    if te_rank:
-        # transformers' text_encoder.add_adapter wants peft >= 0.22; peft's own injection is equivalent
-        config = LoraConfig(
-            r=te_rank, lora_alpha=te_alpha, target_modules=text_encoder_lora_targets(base.text_encoder)
-        )
-        inject_adapter_in_model(config, base.text_encoder)
-    g = torch.Generator().manual_seed(1)
-    for module in (base.unet, base.text_encoder):
-        for name, p in module.named_parameters():
-            if "lora_B" in name:
-                p.data = torch.randn(p.shape, generator=g) * 0.1
-    return base
 
 
 def image(pipe, **kwargs) -> np.ndarray:
@@ -58,89 +36,111 @@ def image(pipe, **kwargs) -> np.ndarray:
     return out.images[0]
 
 
-def lora_modules(pipe, adapter: str) -> tuple[int, int]:
+def lora_modules(pipe, adapter: str, family) -> tuple[int, ...]:
     def count(model):
         return sum(1 for m in model.modules() if isinstance(m, BaseTunerLayer) and adapter in m.lora_A)
 
-    return count(pipe.unet), count(pipe.text_encoder)
+    return (count(pipe.unet), *(count(getattr(pipe, a)) for a in family.text_encoder_attributes))
+
+
+BASE_IMAGES: dict[str, np.ndarray] = {}
+
+
+def base_image_of(model: str) -> np.ndarray:
+    if model not in BASE_IMAGES:
+        BASE_IMAGES[model] = image(load_base(model).pipeline())
+    return BASE_IMAGES[model]
 
 
 @pytest.fixture(scope="module")
 def base_image():
-    return image(load_base("tiny").pipeline())
-
-
-def save(base, out_dir, targets, rank, alpha, te_rank=None, te_alpha=None, **kwargs):
-    return save_lora(
-        out_dir,
-        unet=base.unet,
-        text_encoder=base.text_encoder if te_rank else None,
-        family=base.family,
-        rank=rank,
-        alpha=alpha,
-        te_rank=te_rank,
-        te_alpha=te_alpha,
-        resolution=64,
-        steps=100,
-        title="test-lora",
-        targets=targets,
-        base_model="tiny",
-        **kwargs,
-    )
+    return base_image_of("tiny")
 
 
 CASES = [
-    ("attn", 4, 4.0, None, None),
-    ("transformer", 4, 2.0, 2, 3.0),  # alpha ≠ rank on both UNet and text encoder
-    ("all", 4, 8.0, None, None),  # conv LoRA (3x3 and strided) in resnets and samplers
+    ("tiny", "attn", 4, 4.0, None, None),
+    ("tiny", "transformer", 4, 2.0, 2, 3.0),  # alpha ≠ rank on both UNet and text encoder
+    ("tiny", "all", 4, 8.0, None, None),  # conv LoRA (3x3 and strided) in resnets and samplers
+    ("tiny_sd2", "transformer", 4, 2.0, 2, 3.0),  # linear proj_in/out, OpenCLIP-style encoder
+    ("tiny_sd2", "all", 2, 2.0, None, None),
+    ("tiny_sdxl", "transformer", 4, 2.0, 2, 3.0),  # SGM UNet names, lora_te1 + lora_te2
+    ("tiny_sdxl", "all", 2, 4.0, None, None),  # resnets and samplers by their SGM names too
 ]
+# Modules per tiny UNet: (attention leaves, transformer linears, all) and text-encoder linears.
+UNET_MODULES = {
+    "tiny": {"attn": 7 * 8, "transformer": 7 * 12, "all": 7 * 12 + 44},
+    "tiny_sd2": {"transformer": 7 * 12, "all": 7 * 12 + 44},
+    # 17 transformer blocks of 10 linears, 11 Transformer2DModels with proj_in/proj_out
+    "tiny_sdxl": {"transformer": 17 * 10 + 11 * 2},
+}
 
 
-@pytest.mark.parametrize("targets,rank,alpha,te_rank,te_alpha", CASES, ids=[c[0] for c in CASES])
-def test_saved_files_reproduce_the_lora_model(tmp_path, base_image, targets, rank, alpha, te_rank, te_alpha):
-    model = make_lora_model(targets, rank, alpha, te_rank, te_alpha)
-    lora_image = image(model.pipeline())
+@pytest.mark.parametrize(
+    "model,targets,rank,alpha,te_rank,te_alpha", CASES, ids=[f"{c[0]}-{c[1]}" for c in CASES]
+)
+def test_saved_files_reproduce_the_lora_model(tmp_path, model, targets, rank, alpha, te_rank, te_alpha):
+    """Each file loads through the family's own diffusers pipeline (StableDiffusionXLPipeline for
+    XL) with load_lora_weights, every module matched, and reproduces the in-memory model's image;
+    scale 0 gives the base's."""
+    base_image = base_image_of(model)
+    lora = make_lora_model(targets, rank, alpha, te_rank, te_alpha, model=model)
+    family = lora.family
+    lora_image = image(lora.pipeline())
     assert np.abs(lora_image - base_image).max() > 1e-3, (
         "the LoRA must change the image for this test to mean anything"
     )
-    paths = save(model, tmp_path, targets, rank, alpha, te_rank, te_alpha)
+    paths = save(lora, tmp_path, targets, rank, alpha, te_rank, te_alpha)
     assert paths["kohya"] == tmp_path / "lora.safetensors"
     assert paths["diffusers"] == tmp_path / "diffusers" / "pytorch_lora_weights.safetensors"
     assert sorted(p.name for p in tmp_path.rglob("*")) == sorted(
         ["lora.safetensors", "diffusers", paths["diffusers"].name]
     )
 
-    expected = lora_modules(model.pipeline(), "default")
-    assert expected[0] == {"attn": 7 * 8, "transformer": 7 * 12, "all": 7 * 12 + 44}[targets]
-    assert expected[1] == (2 * 6 if te_rank else 0)
+    expected = lora_modules(lora.pipeline(), "default", family)
+    if targets in UNET_MODULES[model]:
+        assert expected[0] == UNET_MODULES[model][targets]
+    encoder_layers = [e.config.num_hidden_layers for e in lora.text_encoders]
+    assert list(expected[1:]) == [6 * n if te_rank else 0 for n in encoder_layers]
     for kind, path in paths.items():
-        pipe = load_base("tiny").pipeline()
+        pipe = load_base(model).pipeline()
+        assert type(pipe).__name__ == family.pipeline_class_name
         pipe.load_lora_weights(str(path), adapter_name="x")
-        assert lora_modules(pipe, "x") == expected, kind
-        if te_rank:  # the text encoder's LoRA, alpha included, arrives intact
-            ids = pipe.tokenizer(["a red square"], padding="max_length", return_tensors="pt").input_ids
+        assert lora_modules(pipe, "x", family) == expected, kind
+        if te_rank:  # every text encoder's LoRA, alpha included, arrives intact
+            plain = load_base(model)
             with torch.no_grad():
-                loaded, ours = pipe.text_encoder(ids)[0], model.text_encoder(ids)[0]
-                plain = load_base("tiny").text_encoder(ids)[0]
-            assert (ours - plain).abs().max() > 1e-3
-            torch.testing.assert_close(loaded, ours, atol=1e-6, rtol=0)
+                loaded = family.encode_text(*family.pipeline_text_encoders(pipe), ["a red square"])
+                ours = lora.encode(["a red square"])
+                reference = plain.encode(["a red square"])
+            assert (ours.embeddings - reference.embeddings).abs().max() > 1e-3
+            torch.testing.assert_close(loaded.embeddings, ours.embeddings, atol=1e-6, rtol=0)
         np.testing.assert_allclose(image(pipe), lora_image, atol=1e-4, err_msg=kind)
         pipe.set_adapters("x", 0.0)
         np.testing.assert_allclose(image(pipe), base_image, atol=1e-5, err_msg=kind)
 
-    # The kohya file holds exactly what peft's own state dict holds, with the real alphas.
+    # The kohya file holds exactly what peft's own state dict holds, with the real alphas, under
+    # the family's names (sdexp's reader maps them back with the family's namer).
     with safe_open(paths["kohya"], "pt") as f:
         kohya = {k: f.get_tensor(k) for k in f.keys()}
-    back = from_kohya_state_dict(kohya)
-    peft_sd = get_peft_model_state_dict(model.unet)
+    unet_config = dict(lora.unet.config)
+    back = from_kohya_state_dict(
+        kohya,
+        unet_modules=unet_lora_targets(load_base(model).unet, targets),
+        unet_namer=lambda m: family.kohya_unet_name(m, unet_config),
+    )
+    peft_sd = get_peft_model_state_dict(lora.unet)
     assert back.unet.keys() == peft_sd.keys()
     assert all(torch.equal(back.unet[k], peft_sd[k]) for k in peft_sd)
     assert set(back.unet_alphas.values()) == {alpha}
+    te_keys = [k for k in kohya if not k.startswith("lora_unet_")]
     if te_rank:
-        assert set(back.te_alphas["lora_te"].values()) == {te_alpha}
-        assert all(
-            k.startswith("lora_te_text_model_encoder_layers_") for k in kohya if k.startswith("lora_te")
-        )
+        for slot in family.text_encoders:
+            assert set(back.te_alphas[slot.kohya_prefix].values()) == {te_alpha}
+        prefixes = {k.split("_text_model_")[0] for k in te_keys}
+        assert prefixes == set(family.text_encoder_kohya_prefixes)
+        assert all("_text_model_encoder_layers_" in k for k in te_keys)
+    else:
+        assert not te_keys
     assert all(t.dtype == torch.float32 for t in kohya.values())
 
 
@@ -222,14 +222,18 @@ def test_dora_with_text_encoder_round_trips(tmp_path, base_image):
     base = load_base("tiny")
     torch.manual_seed(0)
     base.unet.add_adapter(
-        LoraConfig(r=2, lora_alpha=2, target_modules=unet_lora_targets(base.unet, "transformer"), use_dora=True)
+        LoraConfig(
+            r=2, lora_alpha=2, target_modules=unet_lora_targets(base.unet, "transformer"), use_dora=True
+        )
     )
     inject_adapter_in_model(
-        LoraConfig(r=2, lora_alpha=4, target_modules=text_encoder_lora_targets(base.text_encoder), use_dora=True),
-        base.text_encoder,
+        LoraConfig(
+            r=2, lora_alpha=4, target_modules=text_encoder_lora_targets(base.text_encoders[0]), use_dora=True
+        ),
+        base.text_encoders[0],
     )
     g = torch.Generator().manual_seed(1)
-    for module in (base.unet, base.text_encoder):
+    for module in base.modules:
         for name, p in module.named_parameters():
             if "lora_B" in name:
                 p.data = torch.randn(p.shape, generator=g) * 0.1
@@ -253,7 +257,11 @@ def test_dora_with_text_encoder_round_trips(tmp_path, base_image):
     converted, _ = _convert_non_diffusers_lora_to_diffusers(dict(kohya))
     converted_magnitudes = [v.reshape(-1) for k, v in converted.items() if "lora_magnitude_vector" in k]
     peft_unet = get_peft_model_state_dict(base.unet)
-    ours = [v for k, v in {**peft_unet, **get_peft_model_state_dict(base.text_encoder)}.items() if "magnitude" in k]
+    ours = [
+        v
+        for k, v in {**peft_unet, **get_peft_model_state_dict(base.text_encoders[0])}.items()
+        if "magnitude" in k
+    ]
     assert len(converted_magnitudes) == len(ours) == len(scales)
     for magnitude in ours:  # the converter's names differ (attn processors); the values must not
         assert sum(torch.equal(magnitude.reshape(-1), c) for c in converted_magnitudes) >= 1

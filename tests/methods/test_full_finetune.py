@@ -99,7 +99,7 @@ def test_the_text_encoder_trains_with_its_own_rate_when_asked(tmp_path, toy_imag
     module, trainer = _fit(cfg, tmp_path / "run")
     assert [g["lr"] for g in trainer.optimizer.param_groups] == [1e-3, 5e-4]
     saved = load_file(tmp_path / "run" / "checkpoints" / "final" / "text_encoder" / "model.safetensors")
-    base = load_base("tiny").text_encoder.state_dict()
+    base = load_base("tiny").text_encoders[0].state_dict()
     key = next(k for k in saved if k.endswith("q_proj.weight"))
     assert not torch.equal(saved[key], base[key])
 

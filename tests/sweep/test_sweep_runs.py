@@ -4,6 +4,7 @@ failures, W&B grouping, `sdexp best`, the report."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -149,6 +150,81 @@ def test_failed_trials_are_recorded_with_their_reason_and_the_sweep_goes_on(tmp_
     assert missing.state.name == "FAIL" and "does not exist" in missing.user_attrs["error"]
     run = json.loads((runner.sweep_dir / "trials" / f"{nan.number:04d}" / "run.json").read_text())
     assert run["status"] == "failed" and "nan" in run["error"]  # the trial's logs are kept
+    for trial in (nan, missing):  # each run.log ends with the traceback of the trial's error
+        log = (runner.sweep_dir / "trials" / f"{trial.number:04d}" / "run.log").read_text()
+        assert "Traceback (most recent call last)" in log
+        assert log.rstrip().splitlines()[-1].endswith(trial.user_attrs["error"].split(": ", 1)[1])
+    assert not outcome.failed_out and outcome.stopped == "every grid point has run"  # one trial completed
+
+
+def test_trials_that_all_fail_alike_stop_the_sweep_in_one_line_and_leave_their_logs(
+    tmp_path, toy_images, cli, capsys
+):
+    """The images are moved away after the sweep started: every trial would fail the same way."""
+    import shutil
+
+    from analysis.report import write_report
+
+    raw = {"space": {"train.lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}},
+           "sampler": {"name": "random", "seed": 0}, "n_trials": 8}  # fmt: skip
+    definition = parse_definition({"name": "gone", "overrides": BASE, **raw})
+    runner = SweepRunner(
+        definition, tmp_path / "gone", extra_overrides=[f"data.dir={toy_images}"], notify=print
+    )
+    runner.prepare()
+    shutil.rmtree(toy_images)
+    outcome = runner.run()
+    sweep, error = (
+        runner.sweep_dir,
+        f"UserError: image folder {toy_images} does not exist; set data.dir to a folder of images",
+    )
+    assert (outcome.completed, outcome.failed, outcome.failed_out) == (0, 3, True)
+    assert outcome.stopped == (
+        f"sweep gone: all 3 trials failed with the same error: {error} — see {sweep}/trials/0000/run.log"
+    )
+    assert "sweep gone:" not in capsys.readouterr().out  # the caller says it, once
+    logs = [sweep / "trials" / f"{n:04d}" / "run.log" for n in range(3)]
+    for n, log in enumerate(logs):
+        text = log.read_text()
+        assert text.startswith(f"trial {n}: train.lr=") and "Traceback (most recent call last)" in text
+        assert text.rstrip().splitlines()[-1] == f"sdexp.errors.{error}"
+
+    proc = cli(["-m", "sdexp.cli", "best", str(sweep)])
+    assert proc.returncode == 0, proc.stderr
+    assert "no trial has completed yet" in proc.stdout and "failed trials (3):" in proc.stdout
+    for n, log in enumerate(logs):
+        assert f"  trial {n}: {error}\n    log: {log}\n" in proc.stdout
+
+    html = write_report(sweep).read_text()
+    failed = html.split("<h2>Failed trials (3)</h2>")[1].split("</table>")[0]
+    assert failed.count("does not exist; set data.dir") == 3
+    assert all(f'<a href="../trials/{n:04d}/run.log">trials/{n:04d}/run.log</a>' in failed for n in range(3))
+
+
+@pytest.mark.slow
+def test_the_sweep_command_exits_2_when_every_trial_fails_alike(tmp_path, toy_images, cli):
+    """A learning rate no run survives, written as people write it (1e29, which PyYAML alone reads as
+    a string): three trials diverge, the sweep stops with their error and a run.log to read."""
+    sweep = tmp_path / "diverge.yaml"
+    sweep.write_text(
+        f"name: diverge\noverrides: [{', '.join(BASE)}]\n"
+        "space:\n  train.lr: {type: float, low: 1e29, high: 1e30, log: true}\n"
+        "sampler: {name: random, seed: 0}\nn_trials: 6\n"
+    )
+    out = tmp_path / "out"
+    proc = cli(["-m", "sdexp.cli", "sweep", str(sweep), f"data.dir={toy_images}", "--out", str(out)])
+    assert proc.returncode == 2, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert re.fullmatch(
+        r"sdexp sweep: error: sweep diverge: all 3 trials failed with the same error: "
+        rf"FloatingPointError: loss is nan at step \d+ — see {re.escape(str(out))}/trials/0000/run.log",
+        last,
+    ), last
+    assert "Traceback" not in proc.stderr and "trials: 0 complete, 0 pruned, 3 failed" in proc.stdout
+    assert (out / "report" / "index.html").is_file() and not (out / "trials" / "0003").exists()
+    log = (out / "trials" / "0000" / "run.log").read_text()
+    assert log.startswith("trial 0: train.lr=") and "Traceback (most recent call last)" in log
+    assert re.search(r"FloatingPointError: loss is nan at step \d+\n$", log)
 
 
 def test_trials_log_to_wandb_grouped_by_study(tmp_path, toy_images):
