@@ -59,9 +59,16 @@ def main() -> int:
     parser.add_argument("--grid", type=int, default=9)
     parser.add_argument("--trials", type=int, default=6)
     parser.add_argument("--seed", type=int, default=0, help="TPE's seed")
-    parser.add_argument("--warmup", type=int, default=0, help="the pruner's n_warmup_steps (0: prune from the first checkpoint)")
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=0,
+        help="the pruner's n_warmup_steps (0: prune from the first checkpoint)",
+    )
     parser.add_argument("--steps", type=int, default=60)
-    parser.add_argument("--keep-grid", action="store_true", help="reuse OUT/grid of an earlier run (same arguments)")
+    parser.add_argument(
+        "--keep-grid", action="store_true", help="reuse OUT/grid of an earlier run (same arguments)"
+    )
     args = parser.parse_args()
     out = args.out.resolve()
     earlier = json.loads((out / "result.json").read_text()) if args.keep_grid else None

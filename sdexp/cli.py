@@ -91,7 +91,11 @@ def _lora_pairs(files: list[str], scales: list[float] | None) -> list[tuple[str,
     "generate",
     help="generate images from a base model and LoRAs (PNG with A1111 parameters)",
     args=[
-        arg("--model", required=True, help="built-in name (tiny) or diffusers model folder"),
+        arg(
+            "--model", required=True, help="checkpoint file (.safetensors), diffusers folder or built-in name"
+        ),
+        arg("--vae", default=None, help="a replacement VAE (.safetensors file or diffusers folder)"),
+        arg("--family", default="auto", choices=["auto", "sd1", "sd2", "sdxl"]),
         arg(
             "--lora",
             action="append",
@@ -151,6 +155,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         out_dir=args.out,
         device=args.device,
         dtype=args.dtype,
+        vae=args.vae,
+        family=args.family,
     )
     for path in paths:
         print(path)
@@ -182,14 +188,28 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     "export-model",
     help="write a model (built-in, folder or file; optionally with LoRAs merged) as a diffusers folder or one .safetensors",
     args=[
-        arg("model", metavar="SRC", help="built-in name, diffusers folder (a full fine-tune checkpoint too) or checkpoint file"),
-        arg("out", metavar="OUT", type=Path, help="a new folder (diffusers) or FILE.safetensors (single-file)"),
+        arg(
+            "model",
+            metavar="SRC",
+            help="built-in name, diffusers folder (a full fine-tune checkpoint too) or checkpoint file",
+        ),
+        arg(
+            "out", metavar="OUT", type=Path, help="a new folder (diffusers) or FILE.safetensors (single-file)"
+        ),
         arg("--format", default="diffusers", choices=["diffusers", "single-file"]),
         arg("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"]),
         arg("--lora", action="append", default=[], metavar="FILE", help="merge this LoRA in; repeatable"),
-        arg("--lora-scale", action="append", type=float, metavar="S", help="one scale per --lora, or one for all"),
+        arg(
+            "--lora-scale",
+            action="append",
+            type=float,
+            metavar="S",
+            help="one scale per --lora, or one for all",
+        ),
         arg("--family", default="auto", choices=["auto", "sd1", "sd2", "sdxl"]),
-        arg("--allow-pickle", action="store_true", help="open a .ckpt (pickle) SRC; only for files you trust"),
+        arg(
+            "--allow-pickle", action="store_true", help="open a .ckpt (pickle) SRC; only for files you trust"
+        ),
     ],
 )
 def cmd_export_model(args: argparse.Namespace) -> int:

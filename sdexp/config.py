@@ -19,6 +19,7 @@ from sdexp.data.options import BucketOptions, CacheOptions, CaptionOptions
 from sdexp.errors import ConfigError
 from sdexp.evaluation.config import EvalConfig, expected_metrics, validate_eval
 from sdexp.samplers import SAMPLERS
+from sdexp.validation import choice, positive
 
 # Names that need no model.path (sdexp.models.loading): random-weight models of each family, and
 # tiny_shapes, trained by sdexp.
@@ -312,42 +313,29 @@ def describe_omegaconf_error(err: BaseException) -> str:
     return f"{key}: {line}" if key else line
 
 
-def _choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ConfigError(f"{name}: {value!r} is not one of {', '.join(choices)}")
-
-
-def _positive(name: str, value: float | int | None, *, allow_zero: bool = False, optional=False) -> None:
-    if value is None and optional:
-        return
-    if value is None or value < 0 or (value == 0 and not allow_zero):
-        bound = ">= 0" if allow_zero else "> 0"
-        raise ConfigError(f"{name}: must be {bound} (got {value})")
-
-
 def validate(cfg: RunConfig) -> None:
     """Check choices and ranges; raise ConfigError naming the first bad key."""
     m, t, d, lg = cfg.model, cfg.train, cfg.data, cfg.logger
-    _choice("model.dtype", m.dtype, MODEL_DTYPES)
-    _choice("model.vae_dtype", m.vae_dtype, MODEL_DTYPES)
-    _choice("model.family", m.family, FAMILIES)
+    choice("model.dtype", m.dtype, MODEL_DTYPES)
+    choice("model.vae_dtype", m.vae_dtype, MODEL_DTYPES)
+    choice("model.family", m.family, FAMILIES)
     if m.prediction_type is not None:
-        _choice("model.prediction_type", m.prediction_type, PREDICTION_TYPES)
-    _positive("model.resolution", m.resolution, optional=True)
+        choice("model.prediction_type", m.prediction_type, PREDICTION_TYPES)
+    positive("model.resolution", m.resolution, optional=True)
     if m.name not in BUILTIN_MODELS and not m.path:
         raise ConfigError(
             f"model.path: model={m.name} needs model.path=FILE_OR_DIR (a .safetensors checkpoint or a "
             "diffusers-format folder)"
         )
     validate_method(cfg.method, cfg.data)
-    _choice("data.crop", d.crop, CROPS)
-    _choice("data.small_images", d.small_images, SMALL_IMAGES)
+    choice("data.crop", d.crop, CROPS)
+    choice("data.small_images", d.small_images, SMALL_IMAGES)
     if len(d.pad_color) != 3 or not all(0 <= c <= 255 for c in d.pad_color):
         raise ConfigError(f"data.pad_color: must be three integers 0..255, e.g. [0,0,0] (got {d.pad_color})")
     if not d.caption_extension.startswith("."):
         raise ConfigError(f"data.caption_extension: must start with '.' (got {d.caption_extension!r})")
-    _positive("data.val_images", d.val_images, allow_zero=True)
-    _positive("data.num_workers", d.num_workers, allow_zero=True)
+    positive("data.val_images", d.val_images, allow_zero=True)
+    positive("data.num_workers", d.num_workers, allow_zero=True)
     validate_caption_options(d.captions, d.token)
     validate_train(t)
     resolution = t.resolution or m.resolution
@@ -356,8 +344,8 @@ def validate(cfg: RunConfig) -> None:
     from sdexp.data.buckets import check_bucket_options  # pure Python: no torch, no Pillow
 
     check_bucket_options(d.buckets, resolution)
-    _choice("logger.name", lg.name, LOGGERS)
-    _choice("logger.mode", lg.mode, WANDB_MODES)
+    choice("logger.name", lg.name, LOGGERS)
+    choice("logger.mode", lg.mode, WANDB_MODES)
     validate_eval(cfg.eval, held_out=bool(d.val_dir), samplers=SAMPLERS)
     if t.early_stopping.patience:
         _check_monitor(cfg)
@@ -366,28 +354,32 @@ def validate(cfg: RunConfig) -> None:
 def validate_method(method: MethodConfig, d: DataConfig) -> None:
     """The method's own keys, and what it needs from the data section."""
     if isinstance(method, LoraMethodConfig):
-        _positive("method.rank", method.rank)
-        _positive("method.alpha", method.alpha, optional=True)
-        _choice("method.targets", method.targets, LORA_TARGETS)
+        positive("method.rank", method.rank)
+        positive("method.alpha", method.alpha, optional=True)
+        choice("method.targets", method.targets, LORA_TARGETS)
         if not 0.0 <= method.dropout < 1.0:
             raise ConfigError(f"method.dropout: must be in [0, 1) (got {method.dropout})")
-        _positive("method.text_encoder_rank", method.text_encoder_rank, optional=True)
-        _positive("method.text_encoder_2_rank", method.text_encoder_2_rank, optional=True)
-        _positive("method.text_encoder_2_lr", method.text_encoder_2_lr, optional=True)
+        positive("method.text_encoder_rank", method.text_encoder_rank, optional=True)
+        positive("method.text_encoder_2_rank", method.text_encoder_2_rank, optional=True)
+        positive("method.text_encoder_2_lr", method.text_encoder_2_lr, optional=True)
     if isinstance(method, LoraMethodConfig | FinetuneMethodConfig):
-        _positive("method.text_encoder_lr", method.text_encoder_lr, optional=True)
+        positive("method.text_encoder_lr", method.text_encoder_lr, optional=True)
     if isinstance(method, DreamBoothMethodConfig | FinetuneMethodConfig):
         if not 0.0 <= method.ema_decay < 1.0:
-            raise ConfigError(f"method.ema_decay: must be in [0, 1) (got {method.ema_decay}); 0 turns EMA off")
+            raise ConfigError(
+                f"method.ema_decay: must be in [0, 1) (got {method.ema_decay}); 0 turns EMA off"
+            )
     if isinstance(method, DreamBoothMethodConfig):
-        _choice("method.adapter", method.adapter, ADAPTERS)
+        choice("method.adapter", method.adapter, ADAPTERS)
         if method.adapter == "full" and method.dora:
-            raise ConfigError("method.dora: DoRA is a LoRA variant; set method.adapter=lora or method.dora=false")
-        _positive("method.num_class_images", method.num_class_images, allow_zero=not method.prior_preservation)
-        _positive("method.prior_loss_weight", method.prior_loss_weight, allow_zero=True)
-        _choice("method.class_sampler", method.class_sampler, tuple(SAMPLERS))
-        _positive("method.class_steps", method.class_steps)
-        _positive("method.class_batch_size", method.class_batch_size)
+            raise ConfigError(
+                "method.dora: DoRA is a LoRA variant; set method.adapter=lora or method.dora=false"
+            )
+        positive("method.num_class_images", method.num_class_images, allow_zero=not method.prior_preservation)
+        positive("method.prior_loss_weight", method.prior_loss_weight, allow_zero=True)
+        choice("method.class_sampler", method.class_sampler, tuple(SAMPLERS))
+        positive("method.class_steps", method.class_steps)
+        positive("method.class_batch_size", method.class_batch_size)
         if d.dir and not d.concepts and not method.instance_prompt and not d.prompt:
             raise ConfigError(
                 'method.instance_prompt: DreamBooth needs the instance prompt, e.g. method.instance_prompt="a photo of sks dog"'
@@ -400,8 +392,8 @@ def validate_method(method: MethodConfig, d: DataConfig) -> None:
     if d.concepts and d.dir:
         raise ConfigError("data.concepts: give either data.dir (one concept) or data.concepts, not both")
     for i, c in enumerate(d.concepts):
-        _positive(f"data.concepts[{i}].repeats", c.repeats)
-        _positive(f"data.concepts[{i}].loss_weight", c.loss_weight, allow_zero=True)
+        positive(f"data.concepts[{i}].repeats", c.repeats)
+        positive(f"data.concepts[{i}].loss_weight", c.loss_weight, allow_zero=True)
 
 
 def _check_monitor(cfg: RunConfig) -> None:
@@ -423,35 +415,35 @@ def _check_monitor(cfg: RunConfig) -> None:
 
 def validate_train(t: TrainConfig, prefix: str = "train") -> None:
     """Check a loop section (a run's ``train`` or a pretrain stage); keys are named ``prefix.key``."""
-    _positive(f"{prefix}.steps", t.steps)
-    _positive(f"{prefix}.batch_size", t.batch_size)
-    _positive(f"{prefix}.gradient_accumulation", t.gradient_accumulation)
-    _positive(f"{prefix}.lr", t.lr)
-    _choice(f"{prefix}.scheduler", t.scheduler, SCHEDULERS)
-    _positive(f"{prefix}.warmup_steps", t.warmup_steps, allow_zero=True)
+    positive(f"{prefix}.steps", t.steps)
+    positive(f"{prefix}.batch_size", t.batch_size)
+    positive(f"{prefix}.gradient_accumulation", t.gradient_accumulation)
+    positive(f"{prefix}.lr", t.lr)
+    choice(f"{prefix}.scheduler", t.scheduler, SCHEDULERS)
+    positive(f"{prefix}.warmup_steps", t.warmup_steps, allow_zero=True)
     if t.warmup_steps >= t.steps and t.warmup_steps > 0:
         raise ConfigError(f"{prefix}.warmup_steps: {t.warmup_steps} must be below {prefix}.steps ({t.steps})")
-    _positive(f"{prefix}.num_cycles", t.num_cycles)
-    _positive(f"{prefix}.power", t.power)
-    _positive(f"{prefix}.weight_decay", t.weight_decay, allow_zero=True)
-    _choice(f"{prefix}.optimizer", t.optimizer, OPTIMIZERS)
-    _positive(f"{prefix}.prodigy_d_coef", t.prodigy_d_coef)
-    _positive(f"{prefix}.max_grad_norm", t.max_grad_norm, optional=True)
-    _choice(f"{prefix}.mixed_precision", t.mixed_precision, MIXED_PRECISION)
-    _choice(f"{prefix}.save_dtype", t.save_dtype, SAVE_DTYPES)
-    _choice(f"{prefix}.device", t.device, DEVICES)
-    _positive(f"{prefix}.resolution", t.resolution, optional=True)
-    _positive(f"{prefix}.min_snr_gamma", t.min_snr_gamma, optional=True)
-    _positive(f"{prefix}.noise_offset", t.noise_offset, allow_zero=True)
+    positive(f"{prefix}.num_cycles", t.num_cycles)
+    positive(f"{prefix}.power", t.power)
+    positive(f"{prefix}.weight_decay", t.weight_decay, allow_zero=True)
+    choice(f"{prefix}.optimizer", t.optimizer, OPTIMIZERS)
+    positive(f"{prefix}.prodigy_d_coef", t.prodigy_d_coef)
+    positive(f"{prefix}.max_grad_norm", t.max_grad_norm, optional=True)
+    choice(f"{prefix}.mixed_precision", t.mixed_precision, MIXED_PRECISION)
+    choice(f"{prefix}.save_dtype", t.save_dtype, SAVE_DTYPES)
+    choice(f"{prefix}.device", t.device, DEVICES)
+    positive(f"{prefix}.resolution", t.resolution, optional=True)
+    positive(f"{prefix}.min_snr_gamma", t.min_snr_gamma, optional=True)
+    positive(f"{prefix}.noise_offset", t.noise_offset, allow_zero=True)
     for key in ("checkpoint_every", "val_every", "sample_every"):
-        _positive(f"{prefix}.{key}", getattr(t, key), allow_zero=True)
-    _positive(f"{prefix}.val_timesteps", t.val_timesteps)
-    _positive(f"{prefix}.sample_steps", t.sample_steps)
-    _positive(f"{prefix}.log_every", t.log_every)
-    _positive(f"{prefix}.max_minutes", t.max_minutes, allow_zero=True)
-    _choice(f"{prefix}.sample_scheduler", t.sample_scheduler, tuple(SAMPLERS))
-    _choice(f"{prefix}.early_stopping.mode", t.early_stopping.mode, MONITOR_MODES)
-    _positive(f"{prefix}.early_stopping.patience", t.early_stopping.patience, allow_zero=True)
+        positive(f"{prefix}.{key}", getattr(t, key), allow_zero=True)
+    positive(f"{prefix}.val_timesteps", t.val_timesteps)
+    positive(f"{prefix}.sample_steps", t.sample_steps)
+    positive(f"{prefix}.log_every", t.log_every)
+    positive(f"{prefix}.max_minutes", t.max_minutes, allow_zero=True)
+    choice(f"{prefix}.sample_scheduler", t.sample_scheduler, tuple(SAMPLERS))
+    choice(f"{prefix}.early_stopping.mode", t.early_stopping.mode, MONITOR_MODES)
+    positive(f"{prefix}.early_stopping.patience", t.early_stopping.patience, allow_zero=True)
 
 
 def as_plain_dict(cfg: RunConfig) -> dict:

@@ -26,10 +26,14 @@ _DTYPE_SIZES = {
     "U8": 1,
     "BOOL": 1,
 }
+
+
 def _kohya_prefixes() -> tuple[str, ...]:
     from sdexp.export.kohya import TE_PREFIXES, UNET_PREFIX
 
     return tuple(f"{p}_" for p in (UNET_PREFIX, *TE_PREFIXES))
+
+
 _CONV_BLOCKS = ("resnets", "downsamplers", "upsamplers")
 _ATTN_LEAVES = ("to_q", "to_k", "to_v", "to_out_0")
 _PEFT_KEY = re.compile(r"^(?P<module>.+?)\.lora_(?P<kind>[AB])(?:\.[^.]+)?\.weight$")
@@ -117,9 +121,12 @@ def _kohya_part(name: str) -> str:
     if name.startswith("lora_unet_"):
         return "unet"
     slots = sorted(
-        (slot for f in FAMILIES.values() for slot in f.text_encoders), key=lambda slot: -len(slot.kohya_prefix)
+        (slot for f in FAMILIES.values() for slot in f.text_encoders),
+        key=lambda slot: -len(slot.kohya_prefix),
     )
-    return next((slot.attribute for slot in slots if name.startswith(slot.kohya_prefix + "_")), "text_encoder")
+    return next(
+        (slot.attribute for slot in slots if name.startswith(slot.kohya_prefix + "_")), "text_encoder"
+    )
 
 
 def _split_modules(fmt: str, tensors: dict[str, dict]) -> dict[str, dict[str, dict]]:
@@ -164,7 +171,9 @@ def inspect_lora(path: str | Path) -> dict:
 
     unet = parts.get("unet", {})
     context = {
-        m["down"]["shape"][1] for n, m in unet.items() if n.replace(".", "_").endswith("attn2_to_k") and "down" in m
+        m["down"]["shape"][1]
+        for n, m in unet.items()
+        if n.replace(".", "_").endswith("attn2_to_k") and "down" in m
     }
     family = lora_family(metadata, set(parts) - {"unet"}, next(iter(context)) if len(context) == 1 else None)
     conv = sum(
@@ -236,7 +245,9 @@ def inspect_model_dir(path: str | Path) -> dict:
         "path": str(model_dir),
         "family": family.name if family else None,
         "format": "diffusers",
-        "prediction_type": _read_json(model_dir / "scheduler" / "scheduler_config.json").get("prediction_type", "epsilon"),
+        "prediction_type": _read_json(model_dir / "scheduler" / "scheduler_config.json").get(
+            "prediction_type", "epsilon"
+        ),
         "variant": detect_variant(model_dir),
         "resolution": _resolution(model_dir),
         "components": components,
@@ -253,7 +264,12 @@ def _resolution(config_dir: Path) -> int | None:
 
 def inspect_checkpoint_file(path: Path) -> dict:
     """A single-file (original layout) base model: family, prediction type, parts and their sizes."""
-    from sdexp.models.checkpoint_file import checkpoint_parts, file_config_dir, file_family, file_prediction_type
+    from sdexp.models.checkpoint_file import (
+        checkpoint_parts,
+        file_config_dir,
+        file_family,
+        file_prediction_type,
+    )
 
     family = file_family(path)
     tensors, metadata, _ = read_safetensors_header(path)

@@ -32,9 +32,7 @@ def check_optimizer(name: str, device: torch.device | str) -> None:
         try:
             import prodigyopt  # noqa: F401
         except ImportError:
-            raise ConfigError(
-                "train.optimizer: prodigy needs prodigyopt; `pip install prodigyopt`"
-            ) from None
+            raise ConfigError("train.optimizer: prodigy needs prodigyopt; `pip install prodigyopt`") from None
 
 
 def build_optimizer(param_groups: list[dict], train_cfg) -> torch.optim.Optimizer:
@@ -42,13 +40,21 @@ def build_optimizer(param_groups: list[dict], train_cfg) -> torch.optim.Optimize
     t = train_cfg
     if t.optimizer == "adamw":
         return torch.optim.AdamW(
-            param_groups, lr=t.lr, betas=(t.adam_beta1, t.adam_beta2), eps=t.adam_epsilon, weight_decay=t.weight_decay
+            param_groups,
+            lr=t.lr,
+            betas=(t.adam_beta1, t.adam_beta2),
+            eps=t.adam_epsilon,
+            weight_decay=t.weight_decay,
         )
     if t.optimizer == "adamw8bit":
         import bitsandbytes as bnb
 
         return bnb.optim.AdamW8bit(
-            param_groups, lr=t.lr, betas=(t.adam_beta1, t.adam_beta2), eps=t.adam_epsilon, weight_decay=t.weight_decay
+            param_groups,
+            lr=t.lr,
+            betas=(t.adam_beta1, t.adam_beta2),
+            eps=t.adam_epsilon,
+            weight_decay=t.weight_decay,
         )
     if t.optimizer == "adafactor":
         from transformers.optimization import Adafactor

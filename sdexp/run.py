@@ -278,5 +278,6 @@ def run_from_hydra(cfg) -> None:
         report_and_exit(err)
         return
     print(f"run folder:  {result.run_dir}")
-    print(f"checkpoint:  {result.final_checkpoint / 'lora.safetensors'}")
+    lora = result.final_checkpoint / "lora.safetensors"
+    print(f"checkpoint:  {lora if lora.exists() else result.final_checkpoint}")
     print(f"steps: {result.steps} ({result.stop_reason}); wall time {result.wall_seconds:.1f}s")

@@ -58,7 +58,7 @@ def test_bad_values_name_the_key(compose, override, fragment):
         ("+train.extra=3", "train.extra: unknown key"),
         ("train.lr=abc", "train.lr"),
         ("train.steps=1.5", "train.steps"),
-        ("model=nosuch", "model=nosuch: no such option; choose one of sd15, tiny"),
+        ("model=nosuch", "model=nosuch: no such option; choose one of sd15, sd2, sdxl, tiny, tiny_sd2"),
         ("train.scheduler=bogus", "train.scheduler: 'bogus' is not one of"),
     ],
 )

@@ -23,7 +23,9 @@ def _save_tiny_lora(out_dir, targets, te: bool, seed: int):
     torch.manual_seed(seed)
     base.unet.add_adapter(LoraConfig(r=4, lora_alpha=2, target_modules=unet_lora_targets(base.unet, targets)))
     if te:
-        config = LoraConfig(r=4, lora_alpha=2, target_modules=text_encoder_lora_targets(base.text_encoders[0]))
+        config = LoraConfig(
+            r=4, lora_alpha=2, target_modules=text_encoder_lora_targets(base.text_encoders[0])
+        )
         inject_adapter_in_model(config, base.text_encoders[0])
     for module in (base.unet, *base.text_encoders):
         for name, p in module.named_parameters():

@@ -104,8 +104,8 @@ def test_model_folder():
     assert info["family"] == "sd1" and info["prediction_type"] == "epsilon" and info["variant"] is None
     assert info["resolution"] == 64
     assert set(info["components"]) == {"unet", "vae", "text_encoder", "tokenizer", "scheduler"}
-    for name in ("unet", "vae", "text_encoder"):
-        assert info["components"][name]["params"] == sum(p.numel() for p in getattr(base, name).parameters())
+    for name, module in (("unet", base.unet), ("vae", base.vae), ("text_encoder", base.text_encoders[0])):
+        assert info["components"][name]["params"] == sum(p.numel() for p in module.parameters())
     assert info["components"]["unet"]["class"] == "UNet2DConditionModel"
     buffer = io.StringIO()
     print_report(info, Console(file=buffer, width=120))

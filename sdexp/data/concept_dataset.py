@@ -20,9 +20,9 @@ from torch.utils.data import Dataset
 from sdexp.data.cache import TensorCache, file_digest, latent_key
 from sdexp.data.concepts import Concept
 from sdexp.data.dataset import ImageCaptionDataset
-
-GEOMETRY_KEYS = ("original_size", "crop_top_left", "target_size")
 from sdexp.data.scan import ImageRecord
+
+GEOMETRY_KEYS = ("original_size", "crop_top_left", "target_size")  # what SDXL conditions on, per item
 
 
 class ConceptDataset(Dataset):

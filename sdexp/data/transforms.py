@@ -192,7 +192,9 @@ def resized_size(width: int, height: int, target: tuple[int, int], crop: str) ->
     return max(th, round(height * scale)), max(tw, round(width * scale))
 
 
-def fixed_placement(width: int, height: int, target: tuple[int, int], crop: str, *, flipped: bool) -> Placement:
+def fixed_placement(
+    width: int, height: int, target: tuple[int, int], crop: str, *, flipped: bool
+) -> Placement:
     """The ``Placement`` that ``fit`` (centre crop or padding) and a flip give an upright
     ``width`` × ``height`` source, without decoding it: cached latents still need their geometry
     (SDXL conditions on it). Random crops have no fixed placement."""

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from omegaconf import MISSING
 
 from sdexp.errors import ConfigError
+from sdexp.validation import choice, positive
 
 DIRECTIONS = ("maximize", "minimize")
 FID_FEATURES = ("clip", "inception")
@@ -117,15 +118,13 @@ def objective_metric_names(e: EvalConfig) -> set[str]:
 
 def validate_eval(e: EvalConfig, *, held_out: bool, samplers, prefix: str = "eval") -> None:
     """Ranges, choices and metric names; raises ConfigError naming the key."""
-    from sdexp.config import _choice, _positive
-
-    _positive(f"{prefix}.images", e.images)
-    _positive(f"{prefix}.prior_images", e.prior_images, allow_zero=True)
-    _positive(f"{prefix}.steps", e.steps)
-    _positive(f"{prefix}.guidance", e.guidance, allow_zero=True)
-    _positive(f"{prefix}.batch_size", e.batch_size)
-    _choice(f"{prefix}.sampler", e.sampler, tuple(samplers))
-    _choice(f"{prefix}.fid_features", e.fid_features, FID_FEATURES)
+    positive(f"{prefix}.images", e.images)
+    positive(f"{prefix}.prior_images", e.prior_images, allow_zero=True)
+    positive(f"{prefix}.steps", e.steps)
+    positive(f"{prefix}.guidance", e.guidance, allow_zero=True)
+    positive(f"{prefix}.batch_size", e.batch_size)
+    choice(f"{prefix}.sampler", e.sampler, tuple(samplers))
+    choice(f"{prefix}.fid_features", e.fid_features, FID_FEATURES)
     if not 0.0 < e.copy_threshold <= 1.0:
         raise ConfigError(f"{prefix}.copy_threshold: must be in (0, 1] (got {e.copy_threshold})")
     if e.token and e.prior_prompts:
@@ -144,7 +143,7 @@ def validate_eval(e: EvalConfig, *, held_out: bool, samplers, prefix: str = "eva
         if o.name in seen:
             raise ConfigError(f"{key}.name: {o.name!r} is used twice; objective names must differ")
         seen.add(o.name)
-        _choice(f"{key}.direction", o.direction, DIRECTIONS)
+        choice(f"{key}.direction", o.direction, DIRECTIONS)
         if not o.terms:
             raise ConfigError(f"{key}.terms: an objective needs at least one term")
         for kind, items in (("terms", o.terms), ("constraints", o.constraints)):

@@ -65,7 +65,9 @@ def model_prompts(model_dir: Path | None, family) -> tuple[list[str], str]:
     return list(family.general_prompts), f"the {family.label} everyday prompts"
 
 
-def prior_prompts_for(e, captions: list[str], *, data_token: str | None, model_dir: Path | None, family) -> PriorPrompts:
+def prior_prompts_for(
+    e, captions: list[str], *, data_token: str | None, model_dir: Path | None, family
+) -> PriorPrompts:
     """The prior prompts, their image count and the token for one run's evaluation config ``e``."""
     token = detect_token(captions, data_token or e.token)
     if e.prior_prompts is not None:

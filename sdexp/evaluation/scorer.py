@@ -215,7 +215,9 @@ class Evaluator:
                 )
             else:
                 dist = fid_kid(self._fid_features(subject), self._reference_fid, seed=cfg.seed)
-                metrics.update({"eval/fid": dist.fid, "eval/kid": dist.kid, "eval/fid_samples": dist.samples_a})
+                metrics.update(
+                    {"eval/fid": dist.fid, "eval/kid": dist.kid, "eval/fid_samples": dist.samples_a}
+                )
                 if dist.warning:
                     warnings.append(f"eval/fid: {dist.warning}")
         if prior:

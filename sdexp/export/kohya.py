@@ -104,8 +104,12 @@ def _split_peft(state_dict: Mapping[str, torch.Tensor]) -> dict[str, dict[str, t
     for key, tensor in state_dict.items():
         match = _PEFT_KEY.match(key)
         if not match:
-            raise ValueError(f"not a LoRA or DoRA weight: {key!r} (biases and other adapters are unsupported)")
-        modules.setdefault(clean_module_name(match["module"]), {})["M" if match["magnitude"] else match["ab"]] = tensor
+            raise ValueError(
+                f"not a LoRA or DoRA weight: {key!r} (biases and other adapters are unsupported)"
+            )
+        modules.setdefault(clean_module_name(match["module"]), {})[
+            "M" if match["magnitude"] else match["ab"]
+        ] = tensor
     for module, pair in modules.items():
         if not {"A", "B"} <= set(pair):
             raise ValueError(f"LoRA module {module!r} lacks lora_A or lora_B")
@@ -165,7 +169,6 @@ class PeftLora:
     te_alphas: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
-
 def _lookup(names: Iterable[str] | None, namer) -> dict[str, str]:
     return {namer(n): clean_module_name(n) for n in names} if names is not None else {}
 
@@ -195,7 +198,9 @@ def from_kohya_state_dict(
         name, kind = match["name"], match["kind"]
         prefix = next((p for p in (UNET_PREFIX, *TE_PREFIXES) if name.startswith(p + "_")), None)
         if prefix is None:
-            raise ValueError(f"kohya key {key!r} has no UNet or text-encoder prefix ({UNET_PREFIX}, {', '.join(TE_PREFIXES)})")
+            raise ValueError(
+                f"kohya key {key!r} has no UNet or text-encoder prefix ({UNET_PREFIX}, {', '.join(TE_PREFIXES)})"
+            )
         lookup = unet_lookup if prefix == UNET_PREFIX else te_lookups[prefix]
         if lookup:
             if name not in lookup:

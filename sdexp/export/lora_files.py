@@ -256,7 +256,9 @@ def save_lora(
         title=title,
         targets=targets,
         base_model=base_model,
-        dora=any(k.endswith(".lora_magnitude_vector") for k in [*unet_sd, *(k for p in te_parts for k in p[1])]),
+        dora=any(
+            k.endswith(".lora_magnitude_vector") for k in [*unet_sd, *(k for p in te_parts for k in p[1])]
+        ),
     )
     for key, value in (extra_metadata or {}).items():
         if not isinstance(value, str):
@@ -271,9 +273,14 @@ def save_lora(
 
     # diffusers: text-encoder keys keep transformers 4's text_model. prefix (diffusers strips it for
     # transformers 5, ComfyUI expects it); target_modules are suffixes that match either layout.
-    layers = {"unet_lora_layers": unet_sd, "unet_lora_adapter_metadata": _adapter_metadata(unet_sd, rank, alpha, unet_rslora)}
+    layers = {
+        "unet_lora_layers": unet_sd,
+        "unet_lora_adapter_metadata": _adapter_metadata(unet_sd, rank, alpha, unet_rslora),
+    }
     for slot, sd, _, rslora, r, a in te_parts:
-        layers[f"{slot.attribute}_lora_layers"] = {_te_key(TEXT_MODEL + k.removeprefix(TEXT_MODEL)): v for k, v in sd.items()}
+        layers[f"{slot.attribute}_lora_layers"] = {
+            _te_key(TEXT_MODEL + k.removeprefix(TEXT_MODEL)): v for k, v in sd.items()
+        }
         layers[f"{slot.attribute}_lora_adapter_metadata"] = _adapter_metadata(sd, r, a, rslora)
     diffusers_dir = out_dir / DIFFUSERS_DIR
     diffusers_dir.mkdir(exist_ok=True)

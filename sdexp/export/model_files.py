@@ -8,8 +8,6 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import torch
-
 from sdexp.errors import UserError
 
 FORMATS = ("diffusers", "single-file")

@@ -62,7 +62,11 @@ class FullModule(StableDiffusionModule):
         if self.text_encoder_trains:
             for slot, encoder in zip(self.base.family.text_encoders, self.base.text_encoders, strict=True):
                 groups.append(
-                    {"name": slot.attribute, "params": list(encoder.parameters()), "lr": m.text_encoder_lr or t.lr}
+                    {
+                        "name": slot.attribute,
+                        "params": list(encoder.parameters()),
+                        "lr": m.text_encoder_lr or t.lr,
+                    }
                 )
         return build_optimizer_and_scheduler(groups, t)
 
@@ -95,7 +99,9 @@ class FullModule(StableDiffusionModule):
             paths = {"unet": ckpt_dir / "unet"}
             _save_in(self.base.unet, paths["unet"], self.save_dtype)
             if self.text_encoder_trains:
-                for slot, encoder in zip(self.base.family.text_encoders, self.base.text_encoders, strict=True):
+                for slot, encoder in zip(
+                    self.base.family.text_encoders, self.base.text_encoders, strict=True
+                ):
                     paths[slot.attribute] = ckpt_dir / slot.attribute
                     _save_in(encoder, paths[slot.attribute], self.save_dtype)
         finally:

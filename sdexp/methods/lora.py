@@ -91,7 +91,9 @@ class LoraModule(StableDiffusionModule):
             }
         ]
         if self.text_encoder_trains:
-            for slot, encoder, lr in zip(self.base.family.text_encoders, self.base.text_encoders, self.te_lrs(), strict=True):
+            for slot, encoder, lr in zip(
+                self.base.family.text_encoders, self.base.text_encoders, self.te_lrs(), strict=True
+            ):
                 params = [p for p in encoder.parameters() if p.requires_grad]
                 groups.append({"name": slot.attribute, "params": params, "lr": lr})
         return groups

@@ -279,7 +279,10 @@ class StableDiffusionModule(TrainingData, TrainingModule):
                     "timesteps": grid.clone(),
                     "caption": [item["caption"]] * n_t,
                     "probe": probe,
-                    **{k: torch.tensor([item[k]] * n_t) for k in ("original_size", "crop_top_left", "target_size")},
+                    **{
+                        k: torch.tensor([item[k]] * n_t)
+                        for k in ("original_size", "crop_top_left", "target_size")
+                    },
                 }
             )
         return batches

@@ -184,7 +184,9 @@ def _load_sdexp_clip(model_dir: Path, device) -> ClipModel:
         raise UserError(f"{clip_dir}: weights do not match its config.json; the model folder is damaged")
     # The CLIP's text tower is the model's text_encoder/ (same weights, stored once).
     text_weights = load_file(model_dir / "text_encoder" / "model.safetensors")
-    model.text_model.load_state_dict({k.removeprefix("text_model."): v.float() for k, v in text_weights.items()})
+    model.text_model.load_state_dict(
+        {k.removeprefix("text_model."): v.float() for k, v in text_weights.items()}
+    )
     prep = json.loads((clip_dir / "preprocessor_config.json").read_text())
     return TransformersClip(
         name=model_dir.name,

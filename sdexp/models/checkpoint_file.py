@@ -71,7 +71,11 @@ def file_family(path: Path) -> ModelFamily:
     meta = _metadata(Path(path))
     if meta.get(FAMILY_KEY) in FAMILIES:
         return FAMILIES[meta[FAMILY_KEY]]
-    kind = _kind(Path(path), allow_pickle=True) if Path(path).suffix in PICKLE_SUFFIXES else classify_keys(read_keys(path))
+    kind = (
+        _kind(Path(path), allow_pickle=True)
+        if Path(path).suffix in PICKLE_SUFFIXES
+        else classify_keys(read_keys(path))
+    )
     if kind not in BASE_KINDS:
         raise UserError(f"model.path: {path} is {describe(kind)}")
     return FAMILIES[kind]
@@ -164,7 +168,9 @@ def load_file_components(
         "unet": loaded["unet"],
         "vae": loaded["vae"],
         "text_encoders": tuple(loaded[a] for a in family.text_encoder_attributes),
-        "tokenizers": tuple(CLIPTokenizer.from_pretrained(config_dir / a) for a in family.tokenizer_attributes),
+        "tokenizers": tuple(
+            CLIPTokenizer.from_pretrained(config_dir / a) for a in family.tokenizer_attributes
+        ),
     }
 
 
@@ -194,7 +200,9 @@ def _config_texts(base) -> dict[str, str]:
         from sdexp.models.loading import model_config_dir
 
         source = model_config_dir(base.path, family, base.prediction_type)
-        for slot, encoder, tokenizer in zip(family.text_encoders, base.text_encoders, base.tokenizers, strict=True):
+        for slot, encoder, tokenizer in zip(
+            family.text_encoders, base.text_encoders, base.tokenizers, strict=True
+        ):
             (folder / slot.attribute).mkdir()
             encoder.config.to_json_file(folder / slot.attribute / "config.json")
             # The tokenizer's files as the model has them (CLIP's own layout); CLIP's own vocabulary
@@ -203,7 +211,9 @@ def _config_texts(base) -> dict[str, str]:
             shutil.copytree(
                 source / slot.tokenizer_attribute,
                 folder / slot.tokenizer_attribute,
-                ignore=shutil.ignore_patterns(*(("vocab.json", "merges.txt", "tokenizer.json") if own_clip else ())),
+                ignore=shutil.ignore_patterns(
+                    *(("vocab.json", "merges.txt", "tokenizer.json") if own_clip else ())
+                ),
             )
         for file in sorted(folder.rglob("*")):
             if file.is_file():

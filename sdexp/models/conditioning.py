@@ -49,7 +49,8 @@ class Conditioning:
     def rows(self) -> list[Conditioning]:
         """One single-row Conditioning per item (what the text cache stores per caption)."""
         return [
-            Conditioning(*(None if t is None else t[i : i + 1] for t in self._parts())) for i in range(len(self))
+            Conditioning(*(None if t is None else t[i : i + 1] for t in self._parts()))
+            for i in range(len(self))
         ]
 
     def as_tensors(self) -> dict[str, torch.Tensor]:

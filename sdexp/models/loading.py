@@ -64,7 +64,9 @@ def _builtin_folder(name: str) -> Path:
     return BUILTIN_DIR / name
 
 
-def resolve_model(name_or_path: str | Path | None, *, key: str = "model.path", allow_pickle: bool = False) -> Path:
+def resolve_model(
+    name_or_path: str | Path | None, *, key: str = "model.path", allow_pickle: bool = False
+) -> Path:
     """A built-in name, a diffusers folder or a single-file checkpoint → its path; one clear
     UserError for anything else (a missing path, a LoRA or VAE file, a pickle without consent)."""
     if name_or_path is None:
@@ -84,7 +86,7 @@ def resolve_model(name_or_path: str | Path | None, *, key: str = "model.path", a
         return path
     if not (path / "model_index.json").exists():
         raise UserError(
-            f"{key}: {path} is a folder without model_index.json: neither a diffusers model folder nor a "
+            f"{key}: {path} is a folder with no model_index.json: neither a diffusers model folder nor a "
             "checkpoint file; pass the .safetensors file itself or the diffusers folder"
         )
     family = folder_family(path)
@@ -92,7 +94,9 @@ def resolve_model(name_or_path: str | Path | None, *, key: str = "model.path", a
         raise UserError(f"{key}: {path}/model_index.json does not describe a Stable Diffusion pipeline")
     missing = [c for c in family.component_names() if not (path / c).is_dir()]
     if missing:
-        raise UserError(f"{key}: {path} lacks {', '.join(missing)}; it is not a complete {family.label} folder")
+        raise UserError(
+            f"{key}: {path} lacks {', '.join(missing)}; it is not a complete {family.label} folder"
+        )
     return path
 
 
@@ -127,7 +131,9 @@ def model_config_dir(path: Path, family: ModelFamily, prediction_type: str | Non
     return file_config_dir(path, family, prediction_type)
 
 
-def native_resolution(name_or_path: str | Path, family: str = "auto", prediction_type: str | None = None) -> int:
+def native_resolution(
+    name_or_path: str | Path, family: str = "auto", prediction_type: str | None = None
+) -> int:
     """The resolution a base was trained at, from its configs without loading weights: the UNet's
     sample size times the VAE's downsampling (tiny: 64, SD 1.5: 512, SD 2.1: 768, SDXL: 1024)."""
     from sdexp.models.families.base import read_json
@@ -153,7 +159,9 @@ def detect_variant(model_dir: Path, component: str = "unet") -> str | None:
     return "fp16" if any(".fp16." in n for n in files) else None
 
 
-def _check_safe_weights(model_dir: Path, family: ModelFamily, variant: str | None, allow_pickle: bool) -> None:
+def _check_safe_weights(
+    model_dir: Path, family: ModelFamily, variant: str | None, allow_pickle: bool
+) -> None:
     suffix = f".{variant}.safetensors" if variant else SAFE_SUFFIX
     for component in ("unet", "vae", *family.text_encoder_attributes):
         folder = model_dir / component
@@ -166,7 +174,9 @@ def _check_safe_weights(model_dir: Path, family: ModelFamily, variant: str | Non
             )
 
 
-def resolve_vae_dtype(setting: str, weight_dtype: torch.dtype, family: ModelFamily, *, vae_given: bool) -> torch.dtype:
+def resolve_vae_dtype(
+    setting: str, weight_dtype: torch.dtype, family: ModelFamily, *, vae_given: bool
+) -> torch.dtype:
     """``model.vae_dtype``: ``auto`` is the frozen weights' dtype, except fp16 for a family whose VAE
     overflows in it (SDXL) unless a replacement VAE (an fp16-safe one) is given: then fp32."""
     if setting != "auto":
@@ -223,7 +233,11 @@ def load_base(
     if parts["vae"].dtype != wanted:
         parts["vae"].to(wanted)
     base = BaseModel(
-        name=str(name_or_path) if str(name_or_path) in BUILTIN_MODELS else path.stem if path.is_file() else path.name,
+        name=str(name_or_path)
+        if str(name_or_path) in BUILTIN_MODELS
+        else path.stem
+        if path.is_file()
+        else path.name,
         path=path,
         family=fam,
         unet=parts["unet"],
@@ -245,7 +259,9 @@ def load_vae(vae: str | Path, family: ModelFamily, config_dir: Path):
 
     path = Path(vae).expanduser()
     if not path.exists():
-        raise UserError(f"model.vae: {path} does not exist; pass a VAE .safetensors file or a diffusers VAE folder")
+        raise UserError(
+            f"model.vae: {path} does not exist; pass a VAE .safetensors file or a diffusers VAE folder"
+        )
     try:
         if path.is_dir():
             sub = "vae" if (path / "vae" / "config.json").exists() else None

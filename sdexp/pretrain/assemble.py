@@ -151,7 +151,10 @@ def write_final_model(
         staging,
         unet=UNet2DConditionModel.from_pretrained(unet_dir).to(dtype),
         vae=AutoencoderKL.from_pretrained(unet_base, subfolder="vae").to(dtype),
-        text_encoder=get_family("sd1").text_encoder_class().from_pretrained(unet_base / "text_encoder").to(dtype),
+        text_encoder=get_family("sd1")
+        .text_encoder_class()
+        .from_pretrained(unet_base / "text_encoder")
+        .to(dtype),
         tokenizer_dir=unet_base / "tokenizer",
         scheduler=DDPMScheduler.from_pretrained(unet_base, subfolder="scheduler"),
     )

@@ -14,13 +14,12 @@ from omegaconf.errors import OmegaConfBaseException
 from sdexp.config import (
     LoggerConfig,
     TrainConfig,
-    _choice,
-    _positive,
     _reject_unknown_keys,
     describe_omegaconf_error,
     validate_train,
 )
 from sdexp.errors import ConfigError
+from sdexp.validation import choice, positive
 
 STAGES = ("clip", "vae", "unet")
 
@@ -129,8 +128,8 @@ def validate_pretrain(cfg: PretrainConfig) -> None:
     if not cfg.stages:
         raise ConfigError(f"stages: name at least one of {', '.join(STAGES)}")
     for stage in cfg.stages:
-        _choice("stages", stage, STAGES)
-    _positive("arch.resolution", a.resolution)
+        choice("stages", stage, STAGES)
+    positive("arch.resolution", a.resolution)
     factor = 2 ** (len(a.vae.block_out_channels) - 1)
     if a.resolution % (factor * 2 ** (len(a.unet.block_out_channels) - 1)):
         raise ConfigError(f"arch.resolution: {a.resolution} must divide by the VAE and UNet downsampling")
@@ -148,15 +147,15 @@ def validate_pretrain(cfg: PretrainConfig) -> None:
     ]:
         if hidden % heads:
             raise ConfigError(f"{name}_heads: {heads} must divide {name}_hidden ({hidden})")
-    _positive("arch.vocab_size", a.vocab_size)
-    _choice("objective.prediction_type", o.prediction_type, ("epsilon", "v_prediction"))
+    positive("arch.vocab_size", a.vocab_size)
+    choice("objective.prediction_type", o.prediction_type, ("epsilon", "v_prediction"))
     if not 0.0 <= o.cond_dropout < 1.0:
         raise ConfigError(f"objective.cond_dropout: must be in [0, 1) (got {o.cond_dropout})")
     if not 0.0 <= o.ema_decay < 1.0:
         raise ConfigError(f"objective.ema_decay: must be in [0, 1) (got {o.ema_decay})")
-    _positive("objective.kl_weight", o.kl_weight, allow_zero=True)
-    _positive("objective.clip_init_temperature", o.clip_init_temperature)
-    _positive("data.val_images", cfg.data.val_images, allow_zero=True)
-    _positive("data.workers", cfg.data.workers, allow_zero=True)
+    positive("objective.kl_weight", o.kl_weight, allow_zero=True)
+    positive("objective.clip_init_temperature", o.clip_init_temperature)
+    positive("data.val_images", cfg.data.val_images, allow_zero=True)
+    positive("data.workers", cfg.data.workers, allow_zero=True)
     for stage in STAGES:
         validate_train(getattr(cfg, stage), prefix=stage)

@@ -48,7 +48,9 @@ def cmd_world_shapes(args: argparse.Namespace) -> int:
     args=[
         *_COMMON,
         arg(
-            "--concept", default="striped_star", help="striped_star, checker_square or checker_star (default striped_star)"
+            "--concept",
+            default="striped_star",
+            help="striped_star, checker_square or checker_star (default striped_star)",
         ),
         arg("--token", default="sks", help="rare word naming the concept in captions (default sks)"),
     ],

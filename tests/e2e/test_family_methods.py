@@ -29,8 +29,24 @@ def _image(pipe) -> np.ndarray:
     ).images[0]  # fmt: skip
 
 
+@pytest.fixture()
+def fresh_generations(tmp_path, monkeypatch):
+    """A cache without generated images (class images are generated, not found), same models."""
+    from sdexp.models.loading import resolve_model
+    from sdexp.models.tiny import cache_root
+
+    for model in ("tiny_sd2", "tiny_sdxl"):
+        resolve_model(model)  # built in the real cache first
+    fresh = tmp_path / "cache"
+    fresh.mkdir()
+    (fresh / "models").symlink_to(cache_root() / "models")
+    monkeypatch.setenv("SDEXP_CACHE", str(fresh))
+
+
 @pytest.mark.parametrize("model", ["tiny_sd2", "tiny_sdxl"])
-def test_dreambooth_with_prior_dora_buckets_and_caches(model, compose, toy_images, tmp_path):
+def test_dreambooth_with_prior_dora_buckets_and_caches(
+    model, compose, toy_images, tmp_path, fresh_generations
+):
     from sdexp.models.loading import load_base
 
     cfg = compose(

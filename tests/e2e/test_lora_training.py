@@ -68,7 +68,9 @@ def test_same_seed_gives_byte_identical_lora_files(compose, toy_images, tmp_path
 
 
 @pytest.mark.parametrize("model", ["tiny", "tiny_sd2", "tiny_sdxl"])
-def test_trained_files_load_through_diffusers_and_give_the_in_memory_image(model, compose, toy_images, tmp_path):
+def test_trained_files_load_through_diffusers_and_give_the_in_memory_image(
+    model, compose, toy_images, tmp_path
+):
     """A LoRA run with text-encoder LoRA (SDXL: on both encoders) on each family: the kohya and the
     diffusers files load through the family's own pipeline (StableDiffusionXLPipeline for XL) and
     give the in-memory model's image for a fixed seed; scale 0 gives the base's."""

@@ -21,6 +21,7 @@ from shipped import (
     JUDGE,
     METHOD_INPUTS,
     STAND_INS,
+    SWEEP_EVAL,
     model_family,
     options,
     shipped_sweeps,
@@ -74,10 +75,15 @@ def _scored(rows: list[dict], step: int) -> dict:
     return merged
 
 
-@pytest.mark.parametrize("precision", PRECISIONS)
-@pytest.mark.parametrize("eval_preset", options("eval"))
-@pytest.mark.parametrize("method", options("method"))
+MATRIX = [(m, e, "no") for m in options("method") for e in options("eval")] + [
+    (m, "default", p) for m in options("method") for p in PRECISIONS if p != "no"
+]
+
+
+@pytest.mark.parametrize("method,eval_preset,precision", MATRIX, ids=lambda v: str(v))
 def test_method_eval_precision(method, eval_preset, precision, dog, tmp_path):
+    """Every method × eval preset pair, and every method in every precision a CPU runs (bf16 also
+    runs in every shipped sweep below, with their own eval presets)."""
     overrides = [
         "model=tiny_shapes",
         f"method={method}",
@@ -102,8 +108,8 @@ def test_method_eval_precision(method, eval_preset, precision, dog, tmp_path):
         assert {"eval/forgetting/clip_t_change", "eval/forgetting/fid"} <= set(scored), sorted(scored)
     best = json.loads((tmp_path / "run" / "best.json").read_text())
     assert best["step"] == 2 and best["prior_prompts"]["prompts"]
-    if method == "dreambooth":
-        assert best["prior_prompts"]["prompts"] == ["a photo of dog"]
+    if method == "dreambooth" and cfg.eval.prior_prompts == ["a photo of dog"]:  # no preset gave its own
+        assert best["prior_prompts"]["prompts"] == ["a photo of dog"] and best["prior_prompts"]["images"] >= 2
 
 
 @pytest.mark.parametrize("preset", options("model"))
@@ -160,21 +166,20 @@ def test_logger_preset(logger, dog, tmp_path, monkeypatch):
 def test_shipped_sweep(sweep, dog, checkpoint_files, tmp_path):
     """Each sweep in sweeps/, shrunk, on the stand-in of the model it is written for, with its own
     precision, method and eval preset: every trial COMPLETE or PRUNED, none FAIL."""
-    from sdexp.sweep.definition import parse_definition
+    from sdexp.sweep.definition import load_yaml, parse_definition
     from sdexp.sweep.layout import load_study
     from sdexp.sweep.runner import SweepRunner
 
-    raw = yaml.safe_load(sweep.read_text())
+    raw = load_yaml(sweep.read_text())  # read as `sdexp sweep` reads it (YAML 1.2 numbers)
     small = shrink_sweep(raw)
     preset = sweep_model(raw)
     family = model_family(preset)
-    extra = [f"data.dir={dog}", "logger=none", "eval.steps=2", "train.val_timesteps=2", "data.val_images=1"]
-    if family is not None:
-        extra += [f"model={preset}", f"model.path={checkpoint_files[family]}", JUDGE]
+    extra = [f"data.dir={dog}", "logger=none", *SWEEP_EVAL, "train.val_timesteps=2", "data.val_images=1"]
+    if family is not None:  # the user passes the model (and, for SD, a judge) as the README says
+        chosen = [] if any(o.startswith("model=") for o in raw.get("overrides", [])) else [f"model={preset}"]
+        extra += [*chosen, f"model.path={checkpoint_files[family]}", JUDGE]
     if any("method=dreambooth" in o for o in raw.get("overrides", [])):
-        extra += METHOD_INPUTS["dreambooth"] + ["method.class_steps=2"]
-    if any(o.startswith("eval=shapes") for o in raw.get("overrides", [])):
-        extra.append("eval.prior_images=2")
+        extra += METHOD_INPUTS["dreambooth"] + ["method.class_steps=1"]
     runner = SweepRunner(
         parse_definition(small, str(sweep)),
         tmp_path / sweep.stem,

@@ -67,7 +67,18 @@ def test_a_metric_that_was_not_measured_is_named():
             "eval.objectives.0.terms.0.metric: 'eval/nosuch' is not logged",
         ),
         (["eval.objectives.0.terms.0.metric=eval/dino"], "eval/dino"),  # needs eval.dino
-        (["eval.objectives.0.terms.0.metric=eval/forgetting/kid"], "is not logged"),  # needs prior prompts
+        (  # forgetting needs prior prompts: derived unless turned off
+            ["eval.prior_prompts=[]", "eval.objectives.0.terms.0.metric=eval/forgetting/kid"],
+            "is not logged",
+        ),
+        (["eval.images=1", "eval.objectives.0.terms.0.metric=eval/fid"], "needs at least 2 images"),
+        (
+            [
+                "eval.prior_prompts=[a dog]",
+                "eval.objectives.0.constraints=[{metric: eval/forgetting/fid, max: 1}]",
+            ],
+            "needs at least 2 prior images",
+        ),
         (["eval.objectives.0.terms.0.metric=val/gap"], "need data.val_dir"),
         (["eval.objectives.0.direction=up"], "eval.objectives.0.direction"),
         (["eval.token=sks", "eval.prior_prompts=[a photo of sks dog]"], "contains the token"),

@@ -73,7 +73,10 @@ def test_all_targets_add_conv_blocks(sd15):
 
 
 def test_te_name_prefix_is_added_once_and_wrappers_are_dropped():
-    assert kohya_te_name("encoder.layers.11.mlp.fc2", "lora_te") == "lora_te_text_model_encoder_layers_11_mlp_fc2"
+    assert (
+        kohya_te_name("encoder.layers.11.mlp.fc2", "lora_te")
+        == "lora_te_text_model_encoder_layers_11_mlp_fc2"
+    )
     assert (
         kohya_te_name("text_model.encoder.layers.11.mlp.fc2", "lora_te")
         == "lora_te_text_model_encoder_layers_11_mlp_fc2"

@@ -76,7 +76,10 @@ def test_prodigy_refuses_a_separate_text_encoder_rate():
     from sdexp.errors import ConfigError
 
     cfg = TrainConfig(lr=1.0, steps=5, optimizer="prodigy")
-    groups = [{"params": [torch.nn.Parameter(torch.zeros(1))]}, {"params": [torch.nn.Parameter(torch.zeros(1))], "lr": 0.5}]
+    groups = [
+        {"params": [torch.nn.Parameter(torch.zeros(1))]},
+        {"params": [torch.nn.Parameter(torch.zeros(1))], "lr": 0.5},
+    ]
     with pytest.raises(ConfigError, match="prodigy adapts one step size"):
         build_optimizer_and_scheduler(groups, cfg)
 
@@ -93,7 +96,9 @@ def test_8bit_adamw_needs_cuda_and_says_so():
 def test_an_unknown_optimizer_is_refused_at_the_door(compose):
     from sdexp.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="train.optimizer: 'sgd' is not one of adamw, adamw8bit, adafactor, prodigy"):
+    with pytest.raises(
+        ConfigError, match="train.optimizer: 'sgd' is not one of adamw, adamw8bit, adafactor, prodigy"
+    ):
         compose("data.dir=/tmp", "train.optimizer=sgd")
 
 
@@ -101,6 +106,8 @@ def test_a_sweep_or_run_with_8bit_adamw_on_cpu_fails_before_loading(compose, toy
     from sdexp.errors import ConfigError
     from sdexp.run import preflight
 
-    cfg = compose(f"data.dir={toy_images}", "data.prompt=a toy", "train.optimizer=adamw8bit", "train.device=cpu")
+    cfg = compose(
+        f"data.dir={toy_images}", "data.prompt=a toy", "train.optimizer=adamw8bit", "train.device=cpu"
+    )
     with pytest.raises(ConfigError, match="adamw8bit"):
         preflight(cfg, require_judge=False)

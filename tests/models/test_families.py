@@ -272,3 +272,25 @@ def test_nothing_outside_the_families_names_a_family():
             if pattern.search(line):
                 offenders.append(f"{path.relative_to(REPO)}:{number}: {line.strip()}")
     assert not offenders, "\n".join(offenders)
+
+
+def test_inspect_tells_a_checkpoint_file(single_files):
+    from sdexp.inspect import inspect_path
+
+    info = inspect_path(single_files["tiny_sdxl"])
+    assert info["kind"] == "model" and info["format"] == "single-file" and info["family"] == "sdxl"
+    assert set(info["components"]) == {"unet", "vae", "text_encoder", "text_encoder_2"}
+    assert info["resolution"] == 64 and info["prediction_type"] == "epsilon"
+    folder = load_base("tiny_sdxl")
+    assert info["components"]["unet"]["params"] == sum(p.numel() for p in folder.unet.parameters())
+
+
+def test_zero_terminal_snr_needs_v_prediction():
+    base = load_base("tiny_sd2", zero_terminal_snr=True)  # v-prediction, like SD 2.1 768
+    alphas = base.noise_scheduler.alphas_cumprod
+    assert float(alphas[-1]) < 1e-6 < float(load_base("tiny_sd2").noise_scheduler.alphas_cumprod[-1])
+    from sdexp.samplers import make_scheduler
+
+    assert make_scheduler("dpmpp_2m", base.noise_scheduler.config).config.timestep_spacing == "trailing"
+    with pytest.raises(UserError, match="needs v-prediction"):
+        load_base("tiny", zero_terminal_snr=True)

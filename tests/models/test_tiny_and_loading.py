@@ -8,7 +8,7 @@ import json
 import pytest
 
 from sdexp.errors import UserError
-from sdexp.models.loading import detect_variant, load_base, resolve_model_dir
+from sdexp.models.loading import detect_variant, load_base, resolve_model
 from sdexp.models.tiny import build_tiny, ensure_tiny
 from sdexp.models.tokenizer import train_clip_tokenizer
 
@@ -75,12 +75,13 @@ def test_tiny_is_an_sd1_pipeline_that_generates():
 
 def test_bad_model_paths_are_user_errors(tmp_path):
     with pytest.raises(UserError, match="does not exist"):
-        resolve_model_dir(tmp_path / "nope")
+        resolve_model(tmp_path / "nope")
     with pytest.raises(UserError, match="no model_index.json"):
-        resolve_model_dir(tmp_path)
-    (tmp_path / "model_index.json").write_text(json.dumps({"unet": ["diffusers", "UNet2DConditionModel"]}))
+        resolve_model(tmp_path)
+    index = {"_class_name": "StableDiffusionPipeline", "unet": ["diffusers", "UNet2DConditionModel"]}
+    (tmp_path / "model_index.json").write_text(json.dumps(index))
     with pytest.raises(UserError, match="lacks"):
-        resolve_model_dir(tmp_path)
+        resolve_model(tmp_path)
 
 
 def test_fp16_only_folders_are_detected_and_pickle_needs_a_flag(tmp_path):
@@ -95,11 +96,12 @@ def test_fp16_only_folders_are_detected_and_pickle_needs_a_flag(tmp_path):
 def test_pickle_only_weights_are_refused_without_the_flag(tmp_path):
     import shutil
 
+    from sdexp.models.families import get_family
     from sdexp.models.loading import _check_safe_weights
 
     model = shutil.copytree(ensure_tiny(), tmp_path / "m")
     for f in model.rglob("*.safetensors"):
         f.rename(f.with_suffix(".bin"))
     with pytest.raises(UserError, match="allow_pickle"):
-        _check_safe_weights(model, None, allow_pickle=False)
-    _check_safe_weights(model, None, allow_pickle=True)
+        _check_safe_weights(model, get_family("sd1"), None, allow_pickle=False)
+    _check_safe_weights(model, get_family("sd1"), None, allow_pickle=True)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sdexp.models.loading import BUILTIN_DIR, load_base, native_resolution, resolve_model_dir
+from sdexp.models.loading import BUILTIN_DIR, load_base, native_resolution, resolve_model
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +19,7 @@ def judge():
 def test_loads_offline_as_a_diffusers_pipeline_and_generates():
     from diffusers import StableDiffusionPipeline
 
-    folder = resolve_model_dir("tiny_shapes")
+    folder = resolve_model("tiny_shapes")
     assert folder == BUILTIN_DIR / "tiny_shapes"
     pipe = StableDiffusionPipeline.from_pretrained(folder, local_files_only=True, torch_dtype=torch.float32)
     image = pipe(

@@ -1,7 +1,7 @@
 """The one registry of model families, and how a model folder tells which one it is.
 
-    family = get_family("sdxl")            # by name (model.family)
-    family = folder_family(path)           # from a diffusers folder's configs
+family = get_family("sdxl")            # by name (model.family)
+family = folder_family(path)           # from a diffusers folder's configs
 """
 
 from __future__ import annotations
@@ -62,7 +62,9 @@ def kohya_text_encoder_prefixes() -> tuple[str, ...]:
     return tuple(sorted(prefixes, key=lambda p: (-len(p), p)))
 
 
-def lora_family(metadata: dict[str, str], text_encoder_parts: set[str], context_dim: int | None) -> str | None:
+def lora_family(
+    metadata: dict[str, str], text_encoder_parts: set[str], context_dim: int | None
+) -> str | None:
     """The family a LoRA file was made for: its kohya/modelspec metadata, else its text-encoder
     parts (a second encoder: SDXL), else the width of its cross-attention keys."""
     version = metadata.get("ss_base_model_version", "")

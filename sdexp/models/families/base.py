@@ -75,7 +75,9 @@ class ModelFamily:
         return f"<family {self.name}>"
 
     # ----- loading a diffusers folder ---------------------------------------------------------
-    def load_folder(self, folder: Path, *, dtype: torch.dtype, variant: str | None, allow_pickle: bool) -> dict:
+    def load_folder(
+        self, folder: Path, *, dtype: torch.dtype, variant: str | None, allow_pickle: bool
+    ) -> dict:
         """Components of a diffusers folder (CPU, ``dtype``): unet, vae, text_encoders, tokenizers."""
         from diffusers import AutoencoderKL, UNet2DConditionModel
         from transformers import CLIPTokenizer
@@ -92,7 +94,8 @@ class ModelFamily:
             "vae": AutoencoderKL.from_pretrained(folder, subfolder="vae", **kwargs),
             "text_encoders": text_encoders,
             "tokenizers": tuple(
-                CLIPTokenizer.from_pretrained(folder / slot.tokenizer_attribute) for slot in self.text_encoders
+                CLIPTokenizer.from_pretrained(folder / slot.tokenizer_attribute)
+                for slot in self.text_encoders
             ),
         }
 
@@ -205,7 +208,9 @@ class ModelFamily:
         for key, value in ldm_layout.vae_to_ldm(base.vae.state_dict(), dict(base.vae.config)).items():
             out[self.vae_prefix + key] = value
         for slot, encoder in zip(self.text_encoders, base.text_encoders, strict=True):
-            out.update({slot.single_file_prefix + k: v for k, v in self._text_encoder_ldm(slot, encoder).items()})
+            out.update(
+                {slot.single_file_prefix + k: v for k, v in self._text_encoder_ldm(slot, encoder).items()}
+            )
         return out
 
     def _text_encoder_ldm(self, slot: TextEncoderSlot, encoder) -> dict[str, torch.Tensor]:
@@ -215,7 +220,9 @@ class ModelFamily:
             return ldm_layout.clip_to_ldm(encoder.state_dict())
         projection = getattr(encoder, "text_projection", None)
         weight = projection.weight if projection is not None else None
-        return ldm_layout.open_clip_to_ldm(encoder.state_dict(), dict(encoder.config.to_dict()), projection=weight)
+        return ldm_layout.open_clip_to_ldm(
+            encoder.state_dict(), dict(encoder.config.to_dict()), projection=weight
+        )
 
     # ----- what a base knows (forgetting probes) ------------------------------------------------
     general_prompts: tuple[str, ...] = (

@@ -64,7 +64,10 @@ class SDXL(ModelFamily):
         StableDiffusionXLPipeline builds them for a generated image."""
         if geometry is None:
             raise ValueError("SDXL conditioning needs each item's original size, crop and target size")
-        parts = [torch.as_tensor(geometry[k]).reshape(-1, 2) for k in ("original_size", "crop_top_left", "target_size")]
+        parts = [
+            torch.as_tensor(geometry[k]).reshape(-1, 2)
+            for k in ("original_size", "crop_top_left", "target_size")
+        ]
         time_ids = torch.cat(parts, dim=1).to(text.embeddings.device, torch.float32)
         if time_ids.shape[0] == 1 and len(text) > 1:
             time_ids = time_ids.expand(len(text), -1)
@@ -75,4 +78,6 @@ class SDXL(ModelFamily):
         from sdexp.export.kohya import clean_module_name
         from sdexp.models.ldm_layout import unet_module_to_ldm
 
-        return "lora_unet_" + unet_module_to_ldm(clean_module_name(module_name), unet_config).replace(".", "_")
+        return "lora_unet_" + unet_module_to_ldm(clean_module_name(module_name), unet_config).replace(
+            ".", "_"
+        )
