@@ -9,17 +9,26 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    return atomic_write_stream(path, lambda f: f.write(data))
+
+
+def atomic_write_stream(path: str | Path, write: Callable[[BinaryIO], object]) -> Path:
+    """``write(f)`` fills a temporary file beside ``path``, which then replaces it (for data made
+    piece by piece, e.g. a multi-GB checkpoint that is never held in memory whole)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         with open(tmp, "xb") as f:  # honours the umask, unlike mkstemp's 0600
-            f.write(data)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -35,6 +44,27 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     except OSError:
         pass
     return path
+
+
+def build_folder_once(target: str | Path, build: Callable[[Path], object], marker: str) -> Path:
+    """``target``, built by ``build(staging)`` in a hidden folder beside it and renamed into place
+    unless it already holds ``marker``: a cache entry that concurrent processes may race to build
+    (the loser's copy is dropped) and that a crash never leaves half-written."""
+    target = Path(target)
+    if (target / marker).exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        build(staging)
+        try:
+            os.replace(staging, target)
+        except OSError:  # another process finished first
+            if not (target / marker).exists():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
 
 
 def link_or_copy(src: str | Path, dst: str | Path) -> None:

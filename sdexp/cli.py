@@ -87,6 +87,21 @@ def _lora_pairs(files: list[str], scales: list[float] | None) -> list[tuple[str,
     return list(zip(files, scales, strict=True))
 
 
+# LoRA files on a base: generated with (`generate`) or merged into it (`export-model`).
+LORA_ARGS = [
+    arg(
+        "--lora",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="LoRA file or folder (kohya or diffusers); repeatable",
+    ),
+    arg(
+        "--lora-scale", action="append", type=float, metavar="S", help="one scale per --lora, or one for all"
+    ),
+]
+
+
 @subcommand(
     "generate",
     help="generate images from a base model and LoRAs (PNG with A1111 parameters)",
@@ -96,20 +111,7 @@ def _lora_pairs(files: list[str], scales: list[float] | None) -> list[tuple[str,
         ),
         arg("--vae", default=None, help="a replacement VAE (.safetensors file or diffusers folder)"),
         arg("--family", default="auto", choices=["auto", "sd1", "sd2", "sdxl"]),
-        arg(
-            "--lora",
-            action="append",
-            default=[],
-            metavar="FILE",
-            help="LoRA file or folder (kohya or diffusers); repeatable",
-        ),
-        arg(
-            "--lora-scale",
-            action="append",
-            type=float,
-            metavar="S",
-            help="one scale per --lora, or one for all",
-        ),
+        *LORA_ARGS,
         arg("--prompt", required=True),
         arg("--negative", default="", help="negative prompt"),
         arg("--steps", type=int, default=30),
@@ -198,14 +200,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         ),
         arg("--format", default="diffusers", choices=["diffusers", "single-file"]),
         arg("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"]),
-        arg("--lora", action="append", default=[], metavar="FILE", help="merge this LoRA in; repeatable"),
-        arg(
-            "--lora-scale",
-            action="append",
-            type=float,
-            metavar="S",
-            help="one scale per --lora, or one for all",
-        ),
+        *LORA_ARGS,
         arg("--family", default="auto", choices=["auto", "sd1", "sd2", "sdxl"]),
         arg(
             "--allow-pickle", action="store_true", help="open a .ckpt (pickle) SRC; only for files you trust"

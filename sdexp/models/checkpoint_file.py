@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -108,28 +107,18 @@ def file_config_dir(path: Path, family: ModelFamily, prediction_type: str | None
 
 def _materialise(configs_json: str) -> Path:
     """The embedded configs as a folder in the cache, built once per distinct content."""
+    from sdexp.atomic import build_folder_once
     from sdexp.models.tiny import cache_root
 
-    digest = hashlib.sha256(configs_json.encode()).hexdigest()[:16]
-    target = cache_root() / "configs" / f"embedded-{digest}"
-    if (target / "model_index.json").exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".embedded-", dir=target.parent))
-    try:
+    def build(staging: Path) -> None:
         for relative, text in json.loads(configs_json).items():
             file = staging / relative
             file.parent.mkdir(parents=True, exist_ok=True)
             file.write_text(text)
         _complete_clip_tokenizers(staging)
-        try:
-            os.replace(staging, target)
-        except OSError:  # another process finished first
-            if not (target / "model_index.json").exists():
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
+
+    digest = hashlib.sha256(configs_json.encode()).hexdigest()[:16]
+    return build_folder_once(cache_root() / "configs" / f"embedded-{digest}", build, "model_index.json")
 
 
 def _complete_clip_tokenizers(folder: Path) -> None:

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
 CONFIGS_ROOT = Path(__file__).resolve().parent / "configs"
@@ -52,24 +50,17 @@ def _digest(folder: Path) -> str:
 def config_dir(name: str) -> Path:
     """A complete diffusers config folder for ``name`` (configs and tokenizer files, no weights)
     in the cache, built atomically on first use; what ``from_single_file(config=…)`` reads."""
+    from sdexp.atomic import build_folder_once
     from sdexp.models.clip_vocab import tokenizer_files
     from sdexp.models.tiny import cache_root
 
     source = shipped_dir(name)
-    target = cache_root() / "configs" / f"{name}-{_digest(source)}"
-    if (target / "model_index.json").exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
-    try:
+
+    def build(staging: Path) -> None:
         shutil.copytree(source, staging, dirs_exist_ok=True, ignore=shutil.ignore_patterns("README*"))
         for folder, pad_token in tokenizer_folders(source).items():
             tokenizer_files(staging / folder, pad_token)
-        try:
-            os.replace(staging, target)
-        except OSError:  # another process finished first
-            if not (target / "model_index.json").exists():
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
+
+    return build_folder_once(
+        cache_root() / "configs" / f"{name}-{_digest(source)}", build, "model_index.json"
+    )

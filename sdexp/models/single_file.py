@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import os
-import uuid
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -288,32 +286,18 @@ _SAFETENSORS_DTYPES = {
 
 
 def _atomic_stream(path: Path, head: list[bytes], tensors: list[tuple[torch.Tensor, torch.dtype]]) -> None:
-    """sdexp.atomic's contract (tmp beside the target, fsync, os.replace, fsync of the folder)
-    for data written piece by piece instead of one bytes object."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "xb") as f:
-            for chunk in head:
-                f.write(chunk)
-            for t, target in tensors:
-                if t.numel():
-                    t = t.to(device="cpu", dtype=target).contiguous().reshape(-1)
-                    f.write(t.view(torch.uint8).numpy().data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    try:
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:
-        pass
+    """The header, then each tensor cast as it is written, through sdexp.atomic's contract."""
+    from sdexp.atomic import atomic_write_stream
+
+    def write(f) -> None:
+        for chunk in head:
+            f.write(chunk)
+        for t, target in tensors:
+            if t.numel():
+                t = t.to(device="cpu", dtype=target).contiguous().reshape(-1)
+                f.write(t.view(torch.uint8).numpy().data)
+
+    atomic_write_stream(path, write)
 
 
 # ------------------------------------------------------------------------------------ loading

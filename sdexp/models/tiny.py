@@ -155,8 +155,8 @@ def _save(pipe, out_dir: Path, tokenizers: dict[str, str | None]) -> Path:
     return out_dir
 
 
-def build_tiny(out_dir: str | Path) -> Path:
-    """Write the tiny SD 1.x model as a diffusers folder at ``out_dir`` (deterministic)."""
+def _build_one_encoder(out_dir: Path, unet_config, text_config, scheduler_config, seed: int, pad_token):
+    """An SD 1.x/2.x-layout pipeline folder (one text encoder), seeded from ``seed``."""
     import torch
     from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextModel
@@ -165,52 +165,33 @@ def build_tiny(out_dir: str | Path) -> Path:
 
     quiet_libraries()
     with tempfile.TemporaryDirectory() as tmp:
-        tokenizer = _tokenizer(Path(tmp), "tokenizer")
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(**UNET_CONFIG)
-    torch.manual_seed(1)
+        tokenizer = _tokenizer(Path(tmp), "tokenizer", pad_token=pad_token)
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(**unet_config)
+    torch.manual_seed(seed + 1)
     vae = AutoencoderKL(**VAE_CONFIG)
-    text_encoder = _text_encoder(CLIPTextModel, tokenizer, TEXT_CONFIG, seed=2)
+    text_encoder = _text_encoder(CLIPTextModel, tokenizer, text_config, seed=seed + 2)
     pipe = StableDiffusionPipeline(
         vae=vae,
         text_encoder=text_encoder,
         tokenizer=tokenizer,
         unet=unet,
-        scheduler=DDPMScheduler(**SCHEDULER_CONFIG),
+        scheduler=DDPMScheduler(**scheduler_config),
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
     )
-    return _save(pipe, Path(out_dir), {"tokenizer": None})
+    return _save(pipe, Path(out_dir), {"tokenizer": pad_token})
+
+
+def build_tiny(out_dir: str | Path) -> Path:
+    """Write the tiny SD 1.x model as a diffusers folder at ``out_dir`` (deterministic)."""
+    return _build_one_encoder(Path(out_dir), UNET_CONFIG, TEXT_CONFIG, SCHEDULER_CONFIG, 0, None)
 
 
 def build_tiny_sd2(out_dir: str | Path) -> Path:
     """The tiny SD 2.x model (v-prediction, ``!``-padded OpenCLIP-style tokenizer)."""
-    import torch
-    from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextModel
-
-    from sdexp.quiet import quiet_libraries
-
-    quiet_libraries()
-    with tempfile.TemporaryDirectory() as tmp:
-        tokenizer = _tokenizer(Path(tmp), "tokenizer", pad_token="!")
-    torch.manual_seed(10)
-    unet = UNet2DConditionModel(**SD2_UNET_CONFIG)
-    torch.manual_seed(11)
-    vae = AutoencoderKL(**VAE_CONFIG)
-    text_encoder = _text_encoder(CLIPTextModel, tokenizer, SD2_TEXT_CONFIG, seed=12)
-    pipe = StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=DDPMScheduler(**SD2_SCHEDULER_CONFIG),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    return _save(pipe, Path(out_dir), {"tokenizer": "!"})
+    return _build_one_encoder(Path(out_dir), SD2_UNET_CONFIG, SD2_TEXT_CONFIG, SD2_SCHEDULER_CONFIG, 10, "!")
 
 
 def build_tiny_sdxl(out_dir: str | Path) -> Path:
@@ -264,19 +245,8 @@ TINY_MODELS = {
 
 def ensure_tiny(name: str = "tiny") -> Path:
     """The cached folder of built-in random-weight model ``name``, built atomically on first use."""
+    from sdexp.atomic import build_folder_once
+
     spec = TINY_MODELS[name]
     target = cache_root() / "models" / f"{name}-v{spec.version}-{_build_key(name, spec.version)}"
-    if (target / "model_index.json").exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
-    try:
-        spec.build(staging)
-        try:
-            os.replace(staging, target)
-        except OSError:  # another process finished first
-            if not (target / "model_index.json").exists():
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
+    return build_folder_once(target, spec.build, "model_index.json")

@@ -1,28 +1,22 @@
 """Stable Diffusion 2.x: OpenCLIP ViT-H/14 text encoder in diffusers' CLIPTextModel layout (23 of
-its 24 layers, last hidden state), linear proj_in/out, 768 px v-prediction or 512 px epsilon."""
+its 24 layers, last hidden state), linear proj_in/out, 768 px v-prediction or 512 px epsilon.
+Encoding and naming are SD 1.x's; the encoder's original layout, metadata and configs differ."""
 
 from __future__ import annotations
 
-from sdexp.models.conditioning import Conditioning
-from sdexp.models.families.base import ModelFamily, TextEncoderSlot
+from dataclasses import replace
+
+from sdexp.models.families.sd1 import SD1
 
 
-class SD2(ModelFamily):
+class SD2(SD1):
     name = "sd2"
     label = "SD 2.x"
     resolution = 768
-    vae_scaling_factor = 0.18215
     default_prediction_type = "v_prediction"
-    pipeline_class_name = "StableDiffusionPipeline"
+    # SD 1.x's slot, but the original layout holds OpenCLIP's tensors (resblocks, fused qkv).
     text_encoders = (
-        TextEncoderSlot(
-            attribute="text_encoder",
-            tokenizer_attribute="tokenizer",
-            class_name="CLIPTextModel",
-            kohya_prefix="lora_te",
-            single_file_prefix="cond_stage_model.model.",
-            open_clip_layout=True,
-        ),
+        replace(SD1.text_encoders[0], single_file_prefix="cond_stage_model.model.", open_clip_layout=True),
     )
     kohya_base_model_version = "sd_v2"
     modelspec_architecture = "stable-diffusion-v2-768-v"
@@ -30,9 +24,6 @@ class SD2(ModelFamily):
     modelspec_prefix = "stable-diffusion-v2"
     context_dim = 1024  # cross-attention width of the released models
     config_names = {"v_prediction": "sd21", "epsilon": "sd21_base"}
-
-    def encode(self, text_encoders, ids) -> Conditioning:
-        return Conditioning(text_encoders[0](ids[0])[0])
 
     def architecture(self, prediction_type: str) -> str:
         return "stable-diffusion-v2-768-v" if prediction_type == "v_prediction" else "stable-diffusion-v2-512"
