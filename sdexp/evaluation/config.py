@@ -62,7 +62,7 @@ class EvalConfig:
     # Without the subject: forgetting and drift. null = derived (class prompts, the captions without
     # the token, the model's general prompts; see sdexp/evaluation/prior_prompts.py); [] = none.
     prior_prompts: list[str] | None = None
-    prior_images: int = 0  # 0 = one per given prompt; for derived prompts at least eval.images
+    prior_images: int = 0  # 0 = one per given prompt; derived prompts: at least half eval.images (and 2)
     token: str | None = None  # the subject's token; prior prompts must not contain it
     reference_dir: str | None = None  # subject images for CLIP-I/DINO/FID; null = data.dir
     sampler: str = "dpmpp_2m"
@@ -105,8 +105,8 @@ PRIOR_DISTANCE_METRICS = ("eval/forgetting/fid", "eval/forgetting/kid")
 def prior_image_count(e: EvalConfig) -> int | None:
     """Images a scoring makes for the prior prompts: None when derived (known once data is read;
     at least ``e.images``)."""
-    if e.prior_prompts is None:
-        return max(e.prior_images, e.images) if e.prior_images else e.images
+    if e.prior_prompts is None:  # derived: see sdexp.evaluation.prior_prompts (at least this many)
+        return e.prior_images or max(-(-e.images // 2), MIN_DISTANCE_SAMPLES)
     return e.prior_images or len(e.prior_prompts)
 
 

@@ -16,6 +16,8 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from sdexp.evaluation.config import MIN_DISTANCE_SAMPLES
+
 MAX_DERIVED = 16  # prompts taken from the captions (most frequent first)
 MODEL_PROMPTS_FILE = "prior_prompts.txt"  # a model folder's own general prompts, one per line
 
@@ -82,6 +84,7 @@ def prior_prompts_for(
         source = f"the training captions without {token!r}"
     if not prompts:
         prompts, source = model_prompts(model_dir, family)
-    # Enough images for the probe's FID/KID to mean something: at least as many as the subject set.
-    images = e.prior_images or max(len(prompts), e.images)
+    # One image a prompt, and at least half as many as the subject set (and FID/KID's two), so a
+    # single derived prompt still gives the probe a few seeds without doubling a scoring's cost.
+    images = e.prior_images or max(len(prompts), -(-e.images // 2), MIN_DISTANCE_SAMPLES)
     return PriorPrompts(prompts, images, token, source)

@@ -32,11 +32,16 @@ def reference_paths(e, cfg) -> list[Path] | None:
 
 
 def run_resolution(cfg) -> int:
-    """The side a run trains and generates at (the module's rule, without loading a model)."""
+    """The side a run trains and generates at: train.resolution, model.resolution, else the model's
+    native one (from its configs; no weights are loaded). The training module asks here too."""
     from sdexp.models.loading import native_resolution
 
-    model_ref = cfg.model.path or cfg.model.name
-    return cfg.train.resolution or cfg.model.resolution or native_resolution(model_ref, cfg.model.family)
+    m = cfg.model
+    return (
+        cfg.train.resolution
+        or m.resolution
+        or native_resolution(m.path or m.name, m.family, m.prediction_type)
+    )
 
 
 def build_evaluator(cfg, records, resolution: int, device, *, generations_root=None):

@@ -19,7 +19,7 @@ from sdexp.methods.base import StepOutput, TrainingModule
 from sdexp.methods.diffusion import per_sample_loss, prediction_target, sample_noise, sample_timesteps
 from sdexp.methods.training_data import TrainingData
 from sdexp.models.conditioning import Conditioning
-from sdexp.models.loading import DTYPES, BaseModel, load_base, native_resolution
+from sdexp.models.loading import DTYPES, BaseModel, load_base
 
 VALIDATION_SEED_OFFSET = 1_000_003  # keeps validation noise apart from training noise
 
@@ -55,13 +55,9 @@ class StableDiffusionModule(TrainingData, TrainingModule):
     # ----- set-up -------------------------------------------------------------------------
     @property
     def resolution(self) -> int:
-        cfg = self.cfg
-        model_ref = cfg.model.path or cfg.model.name
-        return (
-            cfg.train.resolution
-            or cfg.model.resolution
-            or native_resolution(model_ref, cfg.model.family, cfg.model.prediction_type)
-        )
+        from sdexp.evaluation.setup import run_resolution
+
+        return run_resolution(self.cfg)
 
     def setup(self, trainer) -> None:
         super().setup(trainer)
