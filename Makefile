@@ -19,8 +19,10 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/python -m sdexp.demo demo-out
 
+# Test files run on JOBS processes (pytest-xdist), one torch thread each: on 2 cores about twice as fast.
+JOBS ?= 2
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(JOBS) --dist loadfile
 
 lint: $(STAMP)
 	$(BIN)/ruff check sdexp tests run.py bench analysis

@@ -3,6 +3,7 @@
     python run.py model=tiny data.dir=DIR data.prompt="a photo of sks toy" train.steps=500 \
         hydra.run.dir=OUT
     python run.py -m train.lr=1e-4,1e-5 method.rank=4,8      # a plain grid (Hydra multirun)
+    python run.py --resume RUN_DIR    # go on from its newest checkpoint with train.save_state=true
 """
 
 import sys
@@ -24,5 +25,9 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    from sdexp.resume import main as resume
+
+    if resume(sys.argv[1:]):  # --resume: the run's own config, not a new composition (no Hydra folder)
+        sys.exit(0)
     check_config(sys.argv[1:])
     main()

@@ -112,6 +112,14 @@ LORA_ARGS = [
         arg("--vae", default=None, help="a replacement VAE (.safetensors file or diffusers folder)"),
         arg("--family", default="auto", choices=["auto", "sd1", "sd2", "sdxl"]),
         *LORA_ARGS,
+        arg(
+            "--embedding",
+            action="append",
+            default=[],
+            metavar="FILE[:TOKEN]",
+            help="textual-inversion embedding (A1111/ComfyUI or diffusers .safetensors, or a checkpoint "
+            "folder); token: the one it was trained with, else the file name; repeatable",
+        ),
         arg("--prompt", required=True),
         arg("--negative", default="", help="negative prompt"),
         arg("--steps", type=int, default=30),
@@ -137,10 +145,11 @@ LORA_ARGS = [
     ],
 )
 def cmd_generate(args: argparse.Namespace) -> int:
-    from sdexp.generate import check_loras, generate
+    from sdexp.generate import check_embeddings, check_loras, generate
 
     loras = _lora_pairs(args.lora, args.lora_scale)
     check_loras(loras)  # a mistyped path fails in a second, before the libraries load
+    check_embeddings(args.embedding)
     quiet_libraries()
     paths = generate(
         args.model,
@@ -159,6 +168,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         vae=args.vae,
         family=args.family,
+        embeddings=args.embedding,
     )
     for path in paths:
         print(path)

@@ -15,7 +15,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from sdexp.data.caption_policy import validate_caption_options
-from sdexp.data.options import BucketOptions, CacheOptions, CaptionOptions
+from sdexp.data.options import BucketOptions, CacheOptions, CaptionOptions, MaskOptions
 from sdexp.errors import ConfigError
 from sdexp.evaluation.config import EvalConfig, expected_metrics, validate_eval
 from sdexp.samplers import SAMPLERS
@@ -28,6 +28,7 @@ FAMILIES = ("auto", "sd1", "sd2", "sdxl")  # sdexp.models.families (kept here: n
 SAVE_DTYPES = ("fp32", "fp16", "bf16")
 
 LORA_TARGETS = ("attn", "transformer", "all")
+ADAPTER_TYPES = ("lora", "loha", "lokr")
 SCHEDULERS = (
     "constant",
     "constant_with_warmup",
@@ -87,6 +88,9 @@ class LoraMethodConfig(MethodConfig):
     text_encoder_2_lr: float | None = None  # SDXL's second encoder (OpenCLIP bigG); null = text_encoder_lr
     text_encoder_2_rank: int | None = None  # null = text_encoder_rank
     dora: bool = False  # weight-decomposed LoRA (peft use_dora); exported with kohya dora_scale
+    adapter_type: str = "lora"  # lora | loha | lokr (LyCORIS through peft; saved as LyCORIS + peft files)
+    lokr_factor: int = -1  # LoKr Kronecker factor (peft decompose_factor); -1 = balanced, near sqrt(dim)
+    lokr_decompose_both: bool = False  # LoKr: the small factor low-rank too, not only the large one
 
 
 @dataclass
@@ -111,6 +115,20 @@ class DreamBoothMethodConfig(LoraMethodConfig):
     class_seed: int = 0
     class_batch_size: int = 4
     ema_decay: float = 0.0  # adapter=full: 0 = no EMA
+
+
+@dataclass
+class TextualInversionMethodConfig(LoraMethodConfig):
+    """New token(s) whose embeddings alone train, in every text encoder of the family; saved as the
+    embedding files AUTOMATIC1111, ComfyUI and diffusers load. ``with_lora``: pivotal tuning, a LoRA
+    (the keys of method=lora) trained with the embedding and saved beside it."""
+
+    name: str = "textual_inversion"
+    token: str = "<sks>"  # the new word; write it (or {token}) in your captions and prompts
+    num_vectors: int = 1  # vectors behind the token (more: more capacity, fewer words left in 77)
+    init_word: str = "*"  # the vectors start as this word's embedding; must be one token
+    embedding_lr: float | None = 5e-3  # null = train.lr (which, with with_lora, is the LoRA's)
+    with_lora: bool = False
 
 
 @dataclass
@@ -156,6 +174,7 @@ class DataConfig:
     buckets: BucketOptions = field(default_factory=BucketOptions)
     captions: CaptionOptions = field(default_factory=CaptionOptions)
     cache: CacheOptions = field(default_factory=CacheOptions)
+    mask: MaskOptions = field(default_factory=MaskOptions)  # loss masks (docs/data.md#masks)
 
 
 @dataclass
@@ -195,6 +214,8 @@ class TrainConfig:
     zero_terminal_snr: bool = False  # rescale the noise schedule to zero SNR at its last step (Lin et al.)
     save_dtype: str = "fp32"  # full fine-tune checkpoints: fp16/bf16 halve their size
     checkpoint_every: int = 0  # 0 = only the final checkpoint
+    save_state: bool = False  # checkpoints carry optimizer, scheduler, RNG and progress: resumable
+    resume: str | None = None  # a run folder (its newest resumable checkpoint) or a checkpoint folder
     val_every: int = 0  # 0 = validate only at checkpoints and at the end
     val_timesteps: int = 8  # fixed timestep grid of the validation loss
     sample_every: int = 0  # 0 = samples only at the end (when sample_prompts is set)
@@ -233,6 +254,7 @@ METHOD_SCHEMAS: dict[str, type[MethodConfig]] = {
     "lora": LoraMethodConfig,
     "dreambooth": DreamBoothMethodConfig,
     "finetune": FinetuneMethodConfig,
+    "textual_inversion": TextualInversionMethodConfig,
 }
 
 
@@ -283,6 +305,8 @@ def derive_defaults(cfg: RunConfig) -> None:
     DreamBooth's class prompts are the natural forgetting probe when no prior prompts are given,
     with as many images as eval=dreambooth makes."""
     m, e = cfg.method, cfg.eval
+    if isinstance(m, TextualInversionMethodConfig) and cfg.data.token is None:
+        cfg.data.token = m.token  # {token} in captions, templates and prompts is the new word
     if isinstance(m, DreamBoothMethodConfig) and e.prior_prompts is None:
         prompts = [c.class_prompt for c in cfg.data.concepts if c.class_prompt] or [m.class_prompt]
         prompts = list(dict.fromkeys(p for p in prompts if p))
@@ -337,6 +361,11 @@ def validate(cfg: RunConfig) -> None:
     positive("data.val_images", d.val_images, allow_zero=True)
     positive("data.num_workers", d.num_workers, allow_zero=True)
     validate_caption_options(d.captions, d.token)
+    if not 0.0 <= d.mask.unmasked_weight <= 1.0:
+        raise ConfigError(
+            f"data.mask.unmasked_weight: must be in [0, 1] (got {d.mask.unmasked_weight}); "
+            "0 = learn only the white part of each mask"
+        )
     validate_train(t)
     resolution = t.resolution or m.resolution
     if resolution is not None and resolution % 8:
@@ -359,6 +388,7 @@ def validate_method(method: MethodConfig, d: DataConfig) -> None:
         choice("method.targets", method.targets, LORA_TARGETS)
         if not 0.0 <= method.dropout < 1.0:
             raise ConfigError(f"method.dropout: must be in [0, 1) (got {method.dropout})")
+        _check_adapter_type(method)
         positive("method.text_encoder_rank", method.text_encoder_rank, optional=True)
         positive("method.text_encoder_2_rank", method.text_encoder_2_rank, optional=True)
         positive("method.text_encoder_2_lr", method.text_encoder_2_lr, optional=True)
@@ -389,11 +419,59 @@ def validate_method(method: MethodConfig, d: DataConfig) -> None:
                 'method.class_prompt: prior preservation needs the class prompt, e.g. method.class_prompt="a photo of dog" '
                 "(or set method.prior_preservation=false)"
             )
+    if isinstance(method, TextualInversionMethodConfig):
+        _check_textual_inversion(method, d)
     if d.concepts and d.dir:
         raise ConfigError("data.concepts: give either data.dir (one concept) or data.concepts, not both")
     for i, c in enumerate(d.concepts):
         positive(f"data.concepts[{i}].repeats", c.repeats)
         positive(f"data.concepts[{i}].loss_weight", c.loss_weight, allow_zero=True)
+
+
+def _check_adapter_type(method: LoraMethodConfig) -> None:
+    """LoHa/LoKr take rank/alpha/targets like LoRA; LoRA-only options are refused, not ignored."""
+    choice("method.adapter_type", method.adapter_type, ADAPTER_TYPES)
+    if method.lokr_factor != -1 and method.lokr_factor < 1:
+        raise ConfigError(
+            f"method.lokr_factor: must be -1 (balanced) or a positive integer (got {method.lokr_factor})"
+        )
+    if method.adapter_type == "lora":
+        return
+    kind = {"loha": "LoHa", "lokr": "LoKr"}[method.adapter_type]
+    if isinstance(method, DreamBoothMethodConfig) and method.adapter != "lora":
+        raise ConfigError(f"method.adapter_type: {kind} is an adapter; it needs method.adapter=lora")
+    if method.dora:
+        raise ConfigError(
+            f"method.dora: DoRA is a LoRA variant; set method.dora=false with adapter_type={method.adapter_type}"
+        )
+    if method.dropout:
+        raise ConfigError(
+            f"method.dropout: LoRA's input dropout has no {kind} counterpart in peft; set method.dropout=0"
+        )
+
+
+def _check_textual_inversion(m: TextualInversionMethodConfig, d: DataConfig) -> None:
+    """The token must be one new word; whether the model already knows it is checked once its
+    tokenizers load (``sdexp.models.token_embeddings.token_problem``)."""
+    if not m.token.strip() or any(ch.isspace() or ch in "{}," for ch in m.token):
+        raise ConfigError(
+            f"method.token: {m.token!r} must be one word without spaces, commas or braces, e.g. method.token=<sks-dog>"
+        )
+    positive("method.num_vectors", m.num_vectors)
+    if m.num_vectors > 64:
+        raise ConfigError(
+            f"method.num_vectors: {m.num_vectors} would fill most of the 77-token prompt; use 1-64"
+        )
+    if not m.init_word.strip() or any(ch.isspace() for ch in m.init_word):
+        raise ConfigError(
+            f"method.init_word: {m.init_word!r} must be one word (one token), e.g. method.init_word=dog"
+        )
+    positive("method.embedding_lr", m.embedding_lr, optional=True)
+    if d.token is not None and d.token != m.token:
+        raise ConfigError(
+            f"data.token: {d.token!r} differs from method.token {m.token!r}; textual inversion trains "
+            "method.token, which {token} stands for (leave data.token unset)"
+        )
 
 
 def _check_monitor(cfg: RunConfig) -> None:

@@ -6,6 +6,7 @@ and on any device up to the device's arithmetic.
 
 from __future__ import annotations
 
+import hashlib
 import random
 import re
 from contextlib import contextmanager
@@ -67,7 +68,7 @@ def check_loras(loras: list[tuple[str | Path, float]]) -> list[LoraSpec]:
         info = inspect_lora(file)
         if info["format"] == "unknown" or not info["modules"]:
             raise UserError(
-                f"--lora: {file} is not a LoRA in kohya (lora_unet_…) or diffusers (unet.….lora_A) format"
+                f"--lora: {file} is not a LoRA in kohya (lora_unet_…), LyCORIS LoHa/LoKr or diffusers (unet.….lora_A) format"
             )
         specs.append(
             LoraSpec(
@@ -82,6 +83,27 @@ def check_loras(loras: list[tuple[str | Path, float]]) -> list[LoraSpec]:
     return specs
 
 
+def check_embeddings(values: list[str]) -> list:
+    """Read every ``--embedding FILE[:TOKEN]`` (textual inversion) before any model loads."""
+    from sdexp.export.embedding_files import parse_embedding_arg, read_embedding
+
+    found = [read_embedding(*parse_embedding_arg(v)) for v in values]
+    tokens = [e.token for e in found]
+    if len(set(tokens)) < len(tokens):
+        raise UserError(
+            f"--embedding: two embeddings use one token ({', '.join(tokens)}); name them FILE:TOKEN"
+        )
+    return found
+
+
+def load_embeddings(base, embeddings: list) -> None:
+    """Attach each embedding's token and vectors to ``base``'s tokenizers and text encoders."""
+    from sdexp.models.token_embeddings import attach_vectors
+
+    for emb in embeddings:
+        attach_vectors(base.tokenizers, base.text_encoders, emb.token, emb.vectors(base.family))
+
+
 def _loaded_modules(pipe, adapter: str, family) -> int:
     from peft.tuners.tuners_utils import BaseTunerLayer
 
@@ -90,7 +112,7 @@ def _loaded_modules(pipe, adapter: str, family) -> int:
         1
         for component in components
         for module in component.modules()
-        if isinstance(module, BaseTunerLayer) and adapter in getattr(module, "lora_A", {})
+        if isinstance(module, BaseTunerLayer) and adapter in getattr(module, "r", {})  # LoRA, LoHa, LoKr
     )
 
 
@@ -112,8 +134,13 @@ def load_loras(pipe, specs: list[LoraSpec], family) -> None:
         if spec.family and spec.family != family.name:
             raise UserError(f"--lora: {spec.path} was made for {spec.family}, but the model is {family.name}")
         try:
-            with _diffusers_silent():  # diffusers logs the error it then raises; we report it once
-                pipe.load_lora_weights(str(spec.path), adapter_name=spec.name)
+            if spec.format in ("lycoris", "peft"):  # LoHa/LoKr: diffusers reads neither layout
+                from sdexp.export.lycoris import load_lycoris
+
+                load_lycoris(pipe, spec.path, spec.name, family)
+            else:
+                with _diffusers_silent():  # diffusers logs the error it then raises; we report it once
+                    pipe.load_lora_weights(str(spec.path), adapter_name=spec.name)
         except (ValueError, RuntimeError, KeyError, TypeError) as err:
             lines = [line.strip() for line in str(err).splitlines() if line.strip()] or [type(err).__name__]
             reason = " ".join(lines[:2]) if lines[0].endswith(":") else lines[0]
@@ -162,8 +189,11 @@ def generate(
     dtype: str = "auto",
     vae: str | Path | None = None,
     family: str = "auto",
+    embeddings: list[str] | None = None,
 ) -> list[Path]:
-    """Generate ``n`` PNGs (seeds seed..seed+n-1) into ``out_dir``; returns their paths."""
+    """Generate ``n`` PNGs (seeds seed..seed+n-1) into ``out_dir``; returns their paths.
+    ``embeddings``: textual-inversion files, ``FILE`` or ``FILE:TOKEN`` (default token: the one it was
+    trained with, else the file name, as AUTOMATIC1111 names it)."""
     import torch
 
     from sdexp.export.lora_files import addnet_hash_file
@@ -181,12 +211,14 @@ def generate(
     if dtype not in ("auto", *DTYPES):
         raise UserError(f"--dtype: unknown dtype {dtype!r}; choose auto or one of {', '.join(DTYPES)}")
     specs = check_loras(list(loras or []))
+    tis = check_embeddings(list(embeddings or []))
     dev = _device(device)
     torch_dtype = (
         (torch.float16 if dev.type == "cuda" else torch.float32) if dtype == "auto" else DTYPES[dtype]
     )
 
     base = load_base(model, dtype=torch_dtype, vae=vae, family=family)
+    load_embeddings(base, tis)
     pipe = base.pipeline(scheduler=make_scheduler(scheduler, base.noise_scheduler.config))
     pipe.set_progress_bar_config(disable=True)
     load_loras(pipe, specs, base.family)
@@ -196,6 +228,11 @@ def generate(
     seed = random.SystemRandom().randrange(2**32) if seed is None else int(seed)
     hashes = {s.name: addnet_hash_file(s.path)[:12] for s in specs}
     extra = {"Lora scales": ", ".join(f"{s.name}: {s.scale:g}" for s in specs)} if specs else {}
+    if tis:
+        # A1111's TI hash: the whole file's SHA-256, first 10 hex digits.
+        extra["TI hashes"] = ", ".join(
+            f"{e.token}: {hashlib.sha256(e.path.read_bytes()).hexdigest()[:10]}" for e in tis
+        )
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     start, paths = _next_index(out_dir), []

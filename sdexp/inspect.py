@@ -77,10 +77,16 @@ def _read_scalar(path: Path, info: dict, start: int) -> float | None:
 
 
 def lora_format(keys) -> str:
-    """kohya | diffusers | unknown, from tensor names alone."""
+    """kohya | lycoris (LoHa/LoKr, kohya names) | diffusers | peft (sdexp's LoHa/LoKr) | unknown,
+    from tensor names alone."""
+    from sdexp.export.lycoris import algo_of_keys
+
     keys = list(keys)
     if keys and all(k.startswith(_kohya_prefixes()) for k in keys):
-        return "kohya"
+        return "lycoris" if algo_of_keys(keys) else "kohya"
+    components = ("unet.", "text_encoder.", "text_encoder_2.")
+    if keys and algo_of_keys(keys) and all(k.startswith(components) for k in keys):
+        return "peft"
     if keys and all(
         k.startswith(("unet.", "text_encoder.", "text_encoder_2.")) and "lora" in k for k in keys
     ):
@@ -133,7 +139,13 @@ def _split_modules(fmt: str, tensors: dict[str, dict]) -> dict[str, dict[str, di
     """{"unet"|"text_encoder"|"text_encoder_2": {module: {"down": info, "up": info, "alpha": info}}}."""
     parts: dict[str, dict[str, dict]] = {}
     for key, info in tensors.items():
-        if fmt == "kohya":
+        if fmt in ("lycoris", "peft"):
+            from sdexp.export.lycoris import rank_tensor
+
+            module, _, kind = key.rpartition(".")
+            part, name = (_kohya_part(module), module) if fmt == "lycoris" else module.split(".", 1)
+            kind = "alpha" if kind == "alpha" else "down" if rank_tensor(kind) else "tensor"
+        elif fmt == "kohya":
             name, _, kind = key.partition(".")
             part = _kohya_part(name)
             kind = {"lora_down.weight": "down", "lora_up.weight": "up", "alpha": "alpha"}.get(kind)
@@ -161,7 +173,7 @@ def inspect_lora(path: str | Path) -> dict:
     for part, mods in parts.items():
         modules[part] = len(mods)
         ranks[part] = sorted({m["down"]["shape"][0] for m in mods.values() if "down" in m})
-        if fmt == "kohya":
+        if fmt in ("kohya", "lycoris"):
             values = {_read_scalar(path, m["alpha"], start) for m in mods.values() if "alpha" in m}
             alphas[part] = sorted(v for v in values if v is not None) or ranks[part]  # no alpha: alpha = rank
         else:

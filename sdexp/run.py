@@ -7,6 +7,7 @@ checked (data, model path) before anything heavy is loaded, so mistakes fail in 
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +39,7 @@ def save_config(cfg: RunConfig, run_dir: Path) -> Path:
     return atomic_write_bytes(run_dir / "config.yaml", text.encode("utf-8"))
 
 
-def _build_logger(logger_cfg, config: dict, run_dir: Path, notify):
+def _build_logger(logger_cfg, config: dict, run_dir: Path, notify, wandb_id: str | None = None):
     from sdexp.tracking.base import MultiLogger
     from sdexp.tracking.run_folder import RunFolderLogger
 
@@ -58,9 +59,20 @@ def _build_logger(logger_cfg, config: dict, run_dir: Path, notify):
                 config=config,
                 mode=lg.mode,
                 notify=notify,
+                run_id=wandb_id,
             )
         )
     return MultiLogger(loggers), loggers[1] if len(loggers) > 1 else None
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether the CPU multiplies bf16 natively; without it torch emulates bf16 (measured ~15x slower
+    than fp32 on the tiny_shapes UNet), which turns a minute's CPU run into a quarter of an hour."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return True  # not Linux: do not warn on a guess
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def preflight(cfg: RunConfig, *, require_judge: bool = True):
@@ -97,9 +109,12 @@ def preflight(cfg: RunConfig, *, require_judge: bool = True):
     return module
 
 
-def train_run(cfg: RunConfig, run_dir: str | Path, *, notify=print, callbacks=()) -> RunResult:
+def train_run(
+    cfg: RunConfig, run_dir: str | Path, *, notify=print, callbacks=(), resume_from: Path | None = None
+) -> RunResult:
     """Train one run into ``run_dir`` and return where things went; ``callbacks`` join the
-    trainer's (a sweep's pruning callback does).
+    trainer's (a sweep's pruning callback does). ``resume_from``: a checkpoint of this run folder
+    holding the training state to go on from (``sdexp.resume`` prepares the folder).
 
     What the terminal shows goes to ``run_dir/run.log`` too, with the traceback if the run fails:
     from the input checks on when the folder exists already (Hydra's), else from its creation."""
@@ -109,7 +124,7 @@ def train_run(cfg: RunConfig, run_dir: str | Path, *, notify=print, callbacks=()
     quiet_libraries()
     started = time.time()
     run_dir = Path(run_dir).resolve()
-    if (run_dir / "run.json").exists():
+    if (run_dir / "run.json").exists() and resume_from is None:
         raise UserError(
             f"hydra.run.dir: {run_dir} already holds a run (run.json); choose a new folder or delete that one"
         )
@@ -123,10 +138,17 @@ def train_run(cfg: RunConfig, run_dir: str | Path, *, notify=print, callbacks=()
                 "train.early_stopping.patience: early stopping needs validation; set data.val_images > 0"
             )
         trainer = Trainer.from_config(t, run_dir, callbacks=list(callbacks))  # checks the device first
+        trainer.resume_from = resume_from
+        if trainer.device.type == "cpu" and t.mixed_precision == "bf16" and not cpu_has_native_bf16():
+            notify(
+                "warning: train.mixed_precision=bf16 on a CPU without native bf16 (no avx512_bf16/amx_bf16) "
+                "runs ~15x slower than fp32, training and scoring alike; on this CPU use train.mixed_precision=no"
+            )
         scoring = build_scoring(cfg, module, run_dir, trainer.device, notify)
         run_dir.mkdir(parents=True, exist_ok=True)
         with run_log(run_dir / RUN_LOG):
-            save_config(cfg, run_dir)
+            if resume_from is None:  # a resumed run keeps the config it started with
+                save_config(cfg, run_dir)
             return fit_and_record(
                 trainer,
                 module,
@@ -168,15 +190,17 @@ def fit_and_record(
     started = time.time() if started is None else started
     run_dir.mkdir(parents=True, exist_ok=True)
     with run_log(run_dir / RUN_LOG):  # a pretrain stage's, or a direct call's
+        now = time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started))
+        previous = json.loads((run_dir / "run.json").read_text()) if trainer.resume_from else {}
+        when = {"started_at": now}
+        if trainer.resume_from:  # run.json keeps the first start and lists every resume
+            when = {"resumes": [*previous.get("resumes", []), {"from": trainer.resume_from.name, "at": now}]}
         write_run_json(
-            run_dir,
-            status="running",
-            seed=t.seed,
-            versions=collect_versions(),
-            started_at=time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
-            images=images,
+            run_dir, status="running", seed=t.seed, versions=collect_versions(), images=images, **when
         )
-        logger, wandb_logger = _build_logger(logger_cfg, config, run_dir, notify)
+        logger, wandb_logger = _build_logger(logger_cfg, config, run_dir, notify, previous.get("wandb_id"))
+        if wandb_logger is not None and wandb_logger.run_id:  # the W&B run a resume goes on logging to
+            write_run_json(run_dir, wandb_id=wandb_logger.run_id)
         if scoring is not None:
             scoring.logger = logger
             trainer.callbacks.append(scoring)
@@ -268,7 +292,12 @@ def run_from_hydra(cfg) -> None:
     try:
         run_cfg = to_run_config(cfg)
         out_dir = Path(HydraConfig.get().runtime.output_dir)
-        result = train_run(run_cfg, out_dir)
+        if run_cfg.train.resume:  # e.g. under -m: the resumed run's folder and config, not Hydra's
+            from sdexp.resume import resume_run
+
+            result = resume_run(run_cfg.train.resume, list(HydraConfig.get().overrides.task))
+        else:
+            result = train_run(run_cfg, out_dir)
     except UserError as err:
         verbose = HydraConfig.get().verbose if HydraConfig.initialized() else False
         if verbose:

@@ -17,6 +17,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 
+from sdexp import training_state
 from sdexp.callbacks.base import Callback
 from sdexp.errors import UserError
 from sdexp.methods.base import TrainingModule
@@ -65,6 +66,8 @@ class TrainerState:
     loop_started: float = 0.0  # wall clock (time.time) at the first step and after the last
     loop_ended: float = 0.0
     data_wait_seconds: float = 0.0  # time the loop spent waiting for the dataloader's next batch
+    batches_in_epoch: int = 0  # micro-batches taken from this epoch's data (where a resumed run goes on)
+    resumed_from: str | None = None  # the checkpoint this fit started from (train.resume)
 
 
 class Trainer:
@@ -84,6 +87,8 @@ class Trainer:
         checkpoint_every: int = 0,
         log_every: int = 1,
         callbacks: list[Callback] | None = None,
+        save_state: bool = False,
+        resume_from: str | Path | None = None,
     ):
         self.run_dir = Path(run_dir)
         self.max_steps = max_steps
@@ -93,6 +98,8 @@ class Trainer:
         self.checkpoint_every = checkpoint_every
         self.log_every = log_every
         self.callbacks = list(callbacks or [])
+        self.save_state = save_state  # checkpoints carry the training state (sdexp.training_state)
+        self.resume_from = Path(resume_from) if resume_from else None
         check_device(device, "train.device")
         use_cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
         _forget_previous_run_state(mixed_precision)
@@ -120,6 +127,7 @@ class Trainer:
             checkpoint_every=t.checkpoint_every,
             log_every=t.log_every,
             callbacks=callbacks,
+            save_state=t.save_state,
         )
 
     @property
@@ -150,19 +158,32 @@ class Trainer:
         params = [p for group in optimizer.param_groups for p in group["params"]]
         state = self.state
         state.started_at = time.perf_counter()
-        self._run_validation()  # step 0: the base, before callbacks start (scoring reads it)
+        rng = None
+        if self.resume_from is not None:
+            module.val_batches()  # built as at step 0 (they read the data's epoch)
+            rng = training_state.load_training_state(self, self.resume_from)
+            state.resumed_from = self.resume_from.name
+        else:
+            self._run_validation()  # step 0: the base, before callbacks start (scoring reads it)
         self._call("on_train_start")
         state.loop_started = time.time()
         loss_sum, micro = 0.0, 0
         while state.step < self.max_steps and not self.should_stop:
             module.on_train_epoch_start(state.epoch)
-            batches = iter(dataloader)
+            if hasattr(dataloader, "set_epoch"):  # accelerate's loader counts epochs itself
+                dataloader.set_epoch(state.epoch)
+            skip = state.batches_in_epoch  # > 0 only where a resumed run goes on mid-epoch
+            batches = iter(self.accelerator.skip_first_batches(dataloader, skip) if skip else dataloader)
+            if rng is not None:  # after the iterator: making one draws from the global RNG
+                training_state.restore_rng(rng)
+                rng = None
             while True:
                 waited = time.perf_counter()
                 batch = next(batches, None)
                 state.data_wait_seconds += time.perf_counter() - waited
                 if batch is None:
                     break
+                state.batches_in_epoch += 1
                 with self.accelerator.accumulate(*trainable):
                     out = module.training_step(batch, state.step)
                     loss_value = float(out.loss.detach())  # the step's one host sync
@@ -197,6 +218,7 @@ class Trainer:
                 if state.step >= self.max_steps or self.should_stop:
                     break
             state.epoch += 1
+            state.batches_in_epoch = 0
         state.loop_ended = time.time()
         if state.stop_reason is None:
             state.stop_reason = "max_steps" if state.step >= self.max_steps else "stopped"
@@ -241,12 +263,17 @@ class Trainer:
         return metrics
 
     def save_checkpoint(self, name: str) -> Path:
-        """Write ``checkpoints/<name>/`` atomically: staged in a hidden folder, then renamed."""
+        """Write ``checkpoints/<name>/`` atomically: staged in a hidden folder, then renamed. With
+        ``save_state`` the training state goes in too, completed once the checkpoint is scored."""
         final = self.run_dir / "checkpoints" / name
         staging = final.parent / f".{name}.partial"
         if self.is_main_process:
             shutil.rmtree(staging, ignore_errors=True)
             staging.mkdir(parents=True)
+            if self.save_state:
+                self.state.checkpoints.append({"name": name, "step": self.state.step})  # as it will be
+                training_state.save_training_state(self, staging / training_state.STATE_DIR)
+                self.state.checkpoints.pop()
             self.module.on_save_checkpoint(staging, self.state.step)
             if final.exists():
                 shutil.rmtree(final)
@@ -254,4 +281,6 @@ class Trainer:
         self.accelerator.wait_for_everyone()
         self.state.checkpoints.append({"name": name, "step": self.state.step, "path": str(final)})
         self._call("on_checkpoint", final)
+        if self.save_state:  # the RNGs as the loop goes on from here: after saving and scoring
+            training_state.complete_state(self, final)
         return final

@@ -22,3 +22,11 @@ class Callback:
 
     def on_train_end(self, trainer, module) -> None:
         pass
+
+    def state_dict(self) -> dict:
+        """What a resumed run needs to decide as this run would have (``train.save_state``);
+        plain containers only. {} = nothing."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass

@@ -24,6 +24,12 @@ class EarlyStopping(Callback):
         self.wait = 0
         self.stopped_step: int | None = None
 
+    def state_dict(self) -> dict:
+        return {"best": self.best, "best_step": self.best_step, "wait": self.wait}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best, self.best_step, self.wait = state["best"], state["best_step"], state["wait"]
+
     def _improved(self, value: float) -> bool:
         if self.mode == "min":
             return value < self.best - self.min_delta

@@ -40,7 +40,7 @@ class SampleImages(Callback):
             self.logger.log_images("samples", images, step=step, captions=self.prompts)
 
     def on_train_start(self, trainer, module) -> None:
-        if self.every:
+        if self.every and trainer.state.step == 0:  # a resumed run sampled its step already
             self._sample(trainer, module)
 
     def on_train_step_end(self, trainer, module, logs: dict) -> None:

@@ -29,8 +29,11 @@ def copy_checkpoint(source: Path, dest: Path) -> None:
     rewritten in place), swapped in so that a crash leaves the old or the new copy, never half."""
     staging = dest.parent / f".{dest.name}.partial"
     old = dest.parent / f".{dest.name}.old"
+    from sdexp.training_state import STATE_DIR
+
     shutil.rmtree(staging, ignore_errors=True)
-    shutil.copytree(source, staging, copy_function=link_or_copy)
+    # best/ is for use and export: the training state (train.save_state) stays with its checkpoint
+    shutil.copytree(source, staging, copy_function=link_or_copy, ignore=shutil.ignore_patterns(STATE_DIR))
     shutil.rmtree(old, ignore_errors=True)
     if dest.exists():
         os.replace(dest, old)
@@ -52,11 +55,47 @@ class CheckpointScoring(Callback):
 
     # ----- hooks --------------------------------------------------------------------------
     def on_train_start(self, trainer, module) -> None:
-        if self.evaluator is not None and self.at_start:
+        if self.evaluator is not None and self.at_start and trainer.state.step == 0:  # not on resume
             self.base = self._score(trainer, module, None)
 
     def on_checkpoint(self, trainer, module, path) -> None:
         self._score(trainer, module, Path(path))
+
+    # ----- resuming -----------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        def plain(entry):
+            return {k: v for k, v in entry.items() if not k.startswith("_")} if entry else None
+
+        return {
+            "history": [plain(e) for e in self.history],
+            "base": plain(self.base),
+            "best": self.best,
+            "eval_seconds": self.eval_seconds,
+            "checkpoint_seconds": list(self.checkpoint_seconds),
+            "warnings": list(self.warnings),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """The scores so far; best/ is put back to the best checkpoint's copy (a killed run may have
+        promoted a later one that the resumed run has not reached yet)."""
+
+        def scored(entry):
+            return {**entry, "_score": score_all(self.objectives, entry["metrics"])[0]} if entry else None
+
+        self.history = [scored(e) for e in state["history"]]
+        self.base = scored(state["base"])
+        self.best = state["best"]
+        self._best_score = score_all(self.objectives, self.best["metrics"])[0] if self.best else None
+        self.eval_seconds = state["eval_seconds"]
+        self.checkpoint_seconds = list(state["checkpoint_seconds"])
+        self.warnings = list(state["warnings"])
+        best_dir = self.run_dir / BEST_DIR
+        if self.best is not None:
+            copy_checkpoint(self.run_dir / "checkpoints" / self.best["checkpoint"], best_dir)
+            write_json_atomic(self.run_dir / BEST_FILE, self.summary())
+        else:
+            shutil.rmtree(best_dir, ignore_errors=True)
+            (self.run_dir / BEST_FILE).unlink(missing_ok=True)
 
     # ----- scoring ------------------------------------------------------------------------
     def _evaluate(self, trainer, module) -> dict:

@@ -15,9 +15,16 @@ class TimeLimit(Callback):
     def __init__(self, max_minutes: float):
         self.max_seconds = max_minutes * 60.0
         self.started: float | None = None
+        self.spent_before = 0.0  # seconds a resumed run had spent before it was stopped
 
     def on_train_start(self, trainer, module) -> None:
-        self.started = time.perf_counter()
+        self.started = time.perf_counter() - self.spent_before
+
+    def state_dict(self) -> dict:
+        return {"spent": time.perf_counter() - self.started if self.started is not None else 0.0}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.spent_before = float(state["spent"])
 
     def on_train_step_end(self, trainer, module, logs: dict) -> None:
         if self.started is None or trainer.should_stop:

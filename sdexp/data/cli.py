@@ -74,6 +74,16 @@ def _pad_color(text: str) -> tuple[int, int, int]:
         arg("--skip-bad", action="store_true", help="data.skip_bad: train without the unreadable files"),
         arg("--seed", type=int, default=0, help="train.seed (decides random crops on the contact sheet)"),
         arg(
+            "--mask-dir",
+            type=Path,
+            default=None,
+            metavar="DIR",
+            help="data.mask.dir: loss masks in a folder mirroring DATA (default: NAME.mask.png beside each image)",
+        ),
+        arg("--mask-from-alpha", action="store_true", help="data.mask.from_alpha: alpha channels are masks"),
+        arg("--mask-required", action="store_true", help="data.mask.required: every image needs a mask"),
+        arg("--no-masks", action="store_true", help="data.mask.enabled=false: ignore mask files"),
+        arg(
             "--report",
             type=Path,
             default=None,
@@ -86,7 +96,7 @@ def _pad_color(text: str) -> tuple[int, int, int]:
 )
 def cmd_prepare(args: argparse.Namespace) -> int:
     from sdexp.atomic import write_json_atomic
-    from sdexp.data.options import BucketOptions
+    from sdexp.data.options import BucketOptions, MaskOptions
     from sdexp.data.prepare import PrepareOptions, open_report_dir, prepare
     from sdexp.data.prepare_report import summary_lines, to_json, write_report
     from sdexp.data.scan import list_folder
@@ -110,6 +120,12 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         prompt=args.prompt,
         skip_bad=args.skip_bad,
         seed=args.seed,
+        masks=MaskOptions(
+            enabled=not args.no_masks,
+            dir=str(args.mask_dir.expanduser()) if args.mask_dir else None,
+            required=args.mask_required,
+            from_alpha=args.mask_from_alpha,
+        ),
     )
     if args.buckets:
         from sdexp.data.buckets import check_bucket_options

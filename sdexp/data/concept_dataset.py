@@ -20,6 +20,7 @@ from torch.utils.data import Dataset
 from sdexp.data.cache import TensorCache, file_digest, latent_key
 from sdexp.data.concepts import Concept
 from sdexp.data.dataset import ImageCaptionDataset
+from sdexp.data.masks import stack_masks
 from sdexp.data.scan import ImageRecord
 
 GEOMETRY_KEYS = ("original_size", "crop_top_left", "target_size")  # what SDXL conditions on, per item
@@ -106,13 +107,16 @@ class ConceptDataset(Dataset):
                 params = self.latent_cache.get(key)
                 if params is not None:
                     record = dataset.records[i]
-                    return {
+                    out = {
                         f"{prefix}latent_params": params,
                         f"{prefix}caption": record.caption,
                         f"{prefix}cache_key": key,
                         **{f"{prefix}{k}": v for k, v in dataset.geometry_of(i, target).items()},
                         **({"path": str(record.path)} if not prefix else {}),
                     }
+                    if record.mask is not None:  # not in the latents: fitted now, as the image was
+                        out[f"{prefix}mask"] = dataset.mask_of(i, target)
+                    return out
         item = dataset.item(i, target)
         out = {
             f"{prefix}pixel_values": item["pixel_values"],
@@ -122,6 +126,8 @@ class ConceptDataset(Dataset):
         }
         if not prefix:
             out["path"] = item["path"]
+        if "mask" in item:
+            out[f"{prefix}mask"] = item["mask"]
         return out
 
     def __getitem__(self, i: int) -> dict:
@@ -167,6 +173,9 @@ def _stack_images(batch: list[dict], prefix: str) -> dict:
     out[f"{prefix}cache_key"] = [batch[i][f"{prefix}cache_key"] for i in pixel_at]
     for key in GEOMETRY_KEYS:  # in batch order (SDXL's time ids), whichever half an item came from
         out[f"{prefix}{key}"] = torch.tensor([item[f"{prefix}{key}"] for item in batch], dtype=torch.long)
+    masks = stack_masks([item.get(f"{prefix}mask") for item in batch])  # in batch order, as the losses
+    if masks is not None:
+        out[f"{prefix}mask"] = masks
     return out
 
 

@@ -12,7 +12,8 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from sdexp.data.buckets import target_sizes
-from sdexp.data.options import BucketOptions
+from sdexp.data.masks import attach_masks, check_mask_dir, load_mask, mask_tensor, stack_masks
+from sdexp.data.options import BucketOptions, MaskOptions
 from sdexp.data.scan import ImageRecord, scan_folder
 from sdexp.data.transforms import (
     SMALL_IMAGE_POLICIES,
@@ -122,6 +123,26 @@ class ImageCaptionDataset(Dataset):
     def __getitem__(self, i: int) -> dict:
         return self.item(i)
 
+    def mask_of(self, i: int, target: tuple[int, int] | None = None) -> torch.Tensor | None:
+        """Item ``i``'s loss mask as uint8 [1, H, W] (255 = learn), or None without one. It goes
+        through ``augment`` with the item's own RNG, so its crop, bucket, padding and flip are the
+        image's (also when the image comes from the latent cache and is never decoded)."""
+        index = range(len(self.records))[i]
+        record = self.records[index]
+        if record.mask is None:
+            return None
+        try:
+            mask = load_mask(record.mask)
+        except Exception as e:
+            raise UserError(
+                f"cannot read the mask {record.mask.describe()} of {record.path} (changed or removed "
+                f"after the data scan?): {e}; restore it and restart"
+            ) from e
+        size = tuple(target) if target is not None else self._sizes[index]
+        rng = item_rng(self.seed, self.epoch, index)
+        fitted, _ = augment(mask.convert("RGB"), size, crop=self.crop, flip=self.flip, rng=rng)
+        return mask_tensor(fitted)
+
     def item(self, i: int, target: tuple[int, int] | None = None) -> dict:
         """Item ``i``, fitted to ``target`` (w, h) instead of its own size when given (e.g. a class
         image that must match the bucket of the instance it is batched with)."""
@@ -137,12 +158,15 @@ class ImageCaptionDataset(Dataset):
         rng = item_rng(self.seed, self.epoch, index)
         size = tuple(target) if target is not None else self._sizes[index]
         img, placement = augment(img, size, crop=self.crop, flip=self.flip, rng=rng, pad_color=self.pad_color)
-        return {
+        out = {
             "pixel_values": to_tensor(img),
             "caption": record.caption,
             "path": str(record.path),
             **geometry(placement, size),
         }
+        if record.mask is not None:
+            out["mask"] = self.mask_of(index, target)
+        return out
 
 
 _SIZE_KEYS = ("original_size", "crop_top_left", "target_size")
@@ -160,7 +184,8 @@ def geometry(placement: Placement, size: tuple[int, int]) -> dict:
 
 def collate(batch: list[dict]) -> dict:
     """Batch items: ``pixel_values`` stacked to [B, 3, H, W]; ``caption`` and ``path`` as lists;
-    ``original_size`` and ``crop_top_left`` (when the items have them) as long tensors [B, 2]."""
+    ``original_size`` and ``crop_top_left`` (when the items have them) as long tensors [B, 2];
+    ``mask`` as uint8 [B, 1, H, W] when any item has one."""
     sizes = {tuple(item["pixel_values"].shape) for item in batch}
     if len(sizes) > 1:
         raise ValueError(
@@ -174,6 +199,9 @@ def collate(batch: list[dict]) -> dict:
     for key in _SIZE_KEYS:
         if key in batch[0]:
             out[key] = torch.tensor([item[key] for item in batch], dtype=torch.long)
+    masks = stack_masks([item.get("mask") for item in batch])
+    if masks is not None:
+        out["mask"] = masks
     return out
 
 
@@ -233,10 +261,14 @@ def load_dataset(
     pad_color: Sequence[int] = (0, 0, 0),
     small_images: str = "upscale",
     buckets: BucketOptions | None = None,
+    masks: MaskOptions | None = None,
 ) -> ImageCaptionDataset:
-    """Scan ``data_dir`` (read-only) and wrap the usable images in an ImageCaptionDataset."""
+    """Scan ``data_dir`` (read-only) and wrap the usable images in an ImageCaptionDataset (with
+    their loss masks when ``masks`` is given)."""
     check_crop_args(resolution, crop)
     pad_color = check_pad_color(pad_color)
+    if masks is not None:
+        check_mask_dir(masks)
     records = scan_folder(
         data_dir,
         default_prompt=default_prompt,
@@ -244,7 +276,10 @@ def load_dataset(
         skip_bad=skip_bad,
         warn=warn,
         setting=setting,
+        exclude=[masks.dir] if masks is not None and masks.dir else (),  # never images, even unused
     )
+    if masks is not None:
+        records = attach_masks(records, masks, root=data_dir, warn=warn, setting=setting)
     records = apply_small_image_policy(
         records,
         resolution=resolution,

@@ -39,3 +39,17 @@ class CacheOptions:
     latents: bool = False
     text: bool = False
     dir: str | None = None  # null = $SDEXP_CACHE or ~/.cache/sdexp
+
+
+@dataclass
+class MaskOptions:
+    """Per-image loss masks, white = learn: ``NAME.mask.png`` beside ``NAME.jpg``, or in ``dir``.
+
+    Masks are used wherever one is found, so adding mask files is all it takes; ``required`` makes
+    an image without one an error instead of training on its whole picture."""
+
+    enabled: bool = True  # false = ignore every mask file and alpha channel (a sweep's unmasked arm)
+    dir: str | None = None  # mirrors the data folder: DIR/sub/NAME.png masks DATA/sub/NAME.jpg
+    required: bool = False  # every training image must have a mask
+    unmasked_weight: float = 0.0  # loss weight where the mask is black (0 = not learned at all)
+    from_alpha: bool = False  # an image's alpha channel is its mask (a mask file still wins)

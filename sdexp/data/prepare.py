@@ -1,9 +1,10 @@
 """``sdexp prepare``: check a data folder the way training will read it, before any GPU time is spent.
 
 One pass over the folder, one image in memory at a time: decode with the scanner's rules, read
-captions, assign sizes/buckets with the dataset's function, render the training crop with the
-dataset's transform (for the contact sheet), hash for duplicates. The result says whether training
-can start (exit 0) or what must be fixed first (exit 2). Nothing is written inside the data folder.
+captions, assign sizes/buckets with the dataset's function, check loss masks as training does,
+render the training crop with the dataset's transform (for the contact sheet, with what the mask
+leaves out tinted), hash for duplicates. The result says whether training can start (exit 0) or
+what must be fixed first (exit 2). Nothing is written inside the data folder.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from sdexp.data.buckets import target_sizes
 from sdexp.data.cache import sha256_file
 from sdexp.data.captions import caption_path, check_caption_extension, read_caption
 from sdexp.data.dataset import augment, item_rng
-from sdexp.data.options import BucketOptions
+from sdexp.data.masks import MaskFinder, check_mask, find_mask, load_mask, overlay
+from sdexp.data.options import BucketOptions, MaskOptions
 from sdexp.data.scan import BadImage, UnusableImage, examine_image, list_folder
 from sdexp.data.transforms import (
     MAX_PIXELS,
@@ -51,6 +53,7 @@ class PrepareOptions:
     skip_bad: bool = False
     seed: int = 0
     max_pixels: int = MAX_PIXELS
+    masks: MaskOptions = field(default_factory=MaskOptions)
 
 
 @dataclass
@@ -72,6 +75,9 @@ class Entry:
     colours: bytes = field(repr=False)  # 8x8 RGB thumbnail, for confirming near-duplicates
     thumb: str | None = None  # file name inside the report's thumbnail folder
     caption_error: str | None = None
+    mask: str = "none"  # file | alpha | none (no mask) | mismatched | unreadable | off (masks disabled)
+    mask_path: Path | None = None
+    mask_error: str | None = None
 
 
 @dataclass
@@ -81,6 +87,7 @@ class PrepareResult:
     entries: list[Entry] = field(default_factory=list)
     bad: list[BadImage] = field(default_factory=list)
     orphans: list[Path] = field(default_factory=list)  # caption files without an image
+    orphan_masks: list[Path] = field(default_factory=list)  # NAME.mask.png files no image uses
     skipped_dirs: list[tuple[Path, str]] = field(default_factory=list)
     exact_duplicates: list[list[Path]] = field(default_factory=list)
     near_duplicates: list[tuple[Path, Path, int]] = field(default_factory=list)
@@ -90,6 +97,16 @@ class PrepareResult:
     @property
     def trained(self) -> list[Entry]:
         return [e for e in self.entries if not e.skipped]
+
+    @property
+    def masked(self) -> list[Entry]:
+        return [e for e in self.entries if e.mask in ("file", "alpha")]
+
+    @property
+    def unmasked(self) -> list[Entry]:
+        """Images without a mask while others have one (each trains on its whole picture)."""
+        bad = any(e.mask in ("mismatched", "unreadable") for e in self.entries)
+        return [e for e in self.entries if e.mask == "none"] if self.masked or bad else []
 
     @property
     def upscaled(self) -> list[Entry]:
@@ -114,6 +131,15 @@ class PrepareResult:
                 f"{len(uncaptioned)} image(s) without a caption (missing or empty {o.caption_extension}): "
                 "write captions or pass --prompt"
             )
+        bad_masks = [e for e in self.entries if e.mask in ("mismatched", "unreadable")]
+        if bad_masks:
+            out.append(
+                f"{len(bad_masks)} mask(s) unreadable or not the size of their image: fix them "
+                "(or train without masks: data.mask.enabled=false)"
+            )
+        missing = [e for e in self.entries if e.mask == "none"]
+        if o.masks.enabled and o.masks.required and missing:
+            out.append(f"{len(missing)} image(s) without a mask (--mask-required): add their masks")
         if self.entries and not self.trained:
             out.append(
                 "--small-images skip leaves no image: lower --resolution or use --small-images upscale"
@@ -209,6 +235,12 @@ def prepare(
     check_options(options)
     root = Path(root).expanduser()
     exclude = [report_dir] if report_dir is not None and _inside(report_dir, root) else []
+    m = options.masks
+    if m.enabled and m.dir and not Path(m.dir).expanduser().is_dir():
+        raise UserError(f"--mask-dir: {m.dir} is not a folder; point it at the folder of masks")
+    if m.dir and _inside(Path(m.dir).expanduser(), root):
+        exclude.append(Path(m.dir).expanduser())
+    finder = MaskFinder(root, m.dir) if m.enabled else None
     listing = list_folder(root, caption_extension=options.caption_extension, setting="DATA", exclude=exclude)
     result = PrepareResult(root, options, skipped_dirs=listing.skipped_dirs, report_dir=report_dir)
     result.thumbs_dir = thumbs_dir
@@ -222,8 +254,10 @@ def prepare(
         except UnusableImage as e:
             result.bad.append(BadImage(path, e.reason))
             continue
-        result.entries.append(_entry(path, decoded, options, result, report_dir, thumbs_dir))
+        result.entries.append(_entry(path, decoded, options, result, report_dir, thumbs_dir, finder))
     result.orphans = [p for p in listing.captions if p not in expected_captions]
+    used_masks = {e.mask_path for e in result.entries}
+    result.orphan_masks = [p for p in listing.masks if p not in used_masks]
     by_hash: dict[str, list[Path]] = {}
     for e in result.entries:
         by_hash.setdefault(e.sha256, []).append(e.path)
@@ -233,7 +267,27 @@ def prepare(
     return result
 
 
-def _entry(path, decoded, o: PrepareOptions, result: PrepareResult, report_dir, thumbs_dir) -> Entry:
+def _mask(entry: Entry, finder: MaskFinder | None, o: PrepareOptions):
+    """Find and check ``entry``'s mask as training would; its MaskRef when usable."""
+    if finder is None:
+        entry.mask = "off"
+        return None
+    try:
+        ref = find_mask(entry.path, finder, from_alpha=o.masks.from_alpha)
+    except Exception as err:  # the image decoded, so a header read failing here is unexpected
+        entry.mask, entry.mask_error = "unreadable", f"cannot check its alpha channel: {err}"
+        return None
+    if ref is None:
+        return None
+    entry.mask_path = None if ref.alpha else ref.path
+    status, entry.mask_error = check_mask(ref, entry.width, entry.height)
+    entry.mask = ("alpha" if ref.alpha else "file") if status == "ok" else status
+    return ref if status == "ok" else None
+
+
+def _entry(
+    path, decoded, o: PrepareOptions, result: PrepareResult, report_dir, thumbs_dir, finder=None
+) -> Entry:
     img = decoded.image
     w, h = img.size
     caption, source, error = _caption(path, o)
@@ -245,10 +299,15 @@ def _entry(path, decoded, o: PrepareOptions, result: PrepareResult, report_dir, 
         sha256=sha256_file(path), dhash=difference_hash(img),
         colours=img.resize((8, 8), Image.Resampling.BOX).tobytes(), caption_error=error,
     )  # fmt: skip
+    ref = _mask(entry, finder, o)
     if report_dir is not None:
         index = len(result.trained)  # the dataset index this image will have
         rng = item_rng(o.seed, 0, index)
         shown, _ = augment(img, target, crop=o.crop, flip=False, rng=rng, pad_color=o.pad_color)
+        if ref is not None:  # the mask fitted by the same transform and draws: black = not learned
+            rng = item_rng(o.seed, 0, index)
+            fitted, _ = augment(load_mask(ref).convert("RGB"), target, crop=o.crop, flip=False, rng=rng)
+            shown = overlay(shown, fitted.getchannel(0))
         shown.thumbnail((THUMB_PX, THUMB_PX), Image.Resampling.LANCZOS)
         entry.thumb = f"{len(result.entries):05d}.png"
         shown.save(Path(report_dir, thumbs_dir, entry.thumb))

@@ -82,6 +82,8 @@ def summary_lines(r: PrepareResult, *, max_listed: int = 20) -> list[str]:
             )
             + (f"; {len(r.orphans)} caption file(s) without an image" if r.orphans else "")
         )
+        if r.masked or r.orphan_masks or any(x.mask_error for x in e):
+            lines.append("  masks       " + mask_counts(r))
         if r.upscaled:
             scales = [x.scale for x in r.upscaled]
             action = {"upscale": "upscaled", "warn": "upscaled (warned)", "skip": "skipped"}[o.small_images]
@@ -112,6 +114,15 @@ def summary_lines(r: PrepareResult, *, max_listed: int = 20) -> list[str]:
             + (x.caption_error or f"{x.caption_source} {o.caption_extension}")
             for x in uncaptioned[:max_listed]
         ]
+    bad_masks = [x for x in e if x.mask_error]
+    if bad_masks:
+        lines.append("  bad masks:")
+        lines += [f"    {relative_name(x.path, r.root)}: {x.mask_error}" for x in bad_masks[:max_listed]]
+    if r.unmasked:
+        lines.append("  without mask (trained on the whole picture):")
+        lines += [f"    {relative_name(x.path, r.root)}" for x in r.unmasked[:max_listed]]
+        if len(r.unmasked) > max_listed:
+            lines.append(f"    ... and {len(r.unmasked) - max_listed} more (see the report)")
     if r.report_dir is not None:
         lines.append(f"  report      {r.report_dir / 'index.html'}")
     problems = r.problems()
@@ -121,6 +132,17 @@ def summary_lines(r: PrepareResult, *, max_listed: int = 20) -> list[str]:
     else:
         lines.append("  result      ready to train (exit 0)")
     return lines
+
+
+def mask_counts(r: PrepareResult) -> str:
+    """One line: how many images have a usable mask, lack one, or have a bad one."""
+    counts = Counter(x.mask for x in r.entries)
+    words = {"file": "mask file", "alpha": "from alpha", "none": "without", "mismatched": "mismatched size",
+             "unreadable": "unreadable"}  # fmt: skip
+    parts = [f"{counts[k]} {w}" for k, w in words.items() if counts[k]]
+    if r.orphan_masks:
+        parts.append(f"{len(r.orphan_masks)} mask file(s) without an image")
+    return ", ".join(parts)
 
 
 def to_json(r: PrepareResult) -> dict:
@@ -137,6 +159,7 @@ def to_json(r: PrepareResult) -> dict:
             "prompt": o.prompt,
             "skip_bad": o.skip_bad,
             "buckets": vars(o.buckets) if o.buckets is not None else None,
+            "masks": vars(o.masks),
         },  # fmt: skip
         "exit_code": r.exit_code,
         "problems": r.problems(),
@@ -153,11 +176,16 @@ def to_json(r: PrepareResult) -> dict:
                 "caption": e.caption,
                 "notes": e.notes,
                 "sha256": e.sha256,
+                "mask": e.mask,
+                "mask_path": str(e.mask_path) if e.mask_path else None,
+                "mask_error": e.mask_error,
             }  # fmt: skip
             for e in r.entries
         ],
         "bad": [{"path": str(b.path), "reason": b.reason} for b in r.bad],
         "orphan_captions": [str(p) for p in r.orphans],
+        "orphan_masks": [str(p) for p in r.orphan_masks],
+        "without_mask": [str(x.path) for x in r.unmasked],
         "not_entered": [{"path": str(p), "reason": why} for p, why in r.skipped_dirs],
         "exact_duplicates": [[str(p) for p in group] for group in r.exact_duplicates],
         "near_duplicates": [{"a": str(a), "b": str(b), "bits": d} for a, b, d in r.near_duplicates],
@@ -231,6 +259,13 @@ def render_html(r: PrepareResult) -> str:
     if r.orphans:
         rows = [[rel(p)] for p in r.orphans]
         parts.append("<h2>Caption files without an image</h2>" + _table(["file"], rows))
+    mask_rows = [[rel(e.path), escape(e.mask_error)] for e in r.entries if e.mask_error]
+    mask_rows += [[rel(e.path), "no mask: trains on the whole picture"] for e in r.unmasked]
+    mask_rows += [[rel(p), "mask file without an image"] for p in r.orphan_masks]
+    if mask_rows:
+        parts.append(
+            f"<h2>Masks</h2><p>{escape(mask_counts(r))}</p>" + _table(["file", "finding"], mask_rows)
+        )
     if r.skipped_dirs:
         rows = [[rel(p), escape(why)] for p, why in r.skipped_dirs]
         parts.append("<h2>Folders not entered</h2>" + _table(["folder", "why"], rows))
@@ -257,11 +292,15 @@ def render_html(r: PrepareResult) -> str:
     )  # fmt: skip
     parts.append(
         "<h2>Contact sheet</h2><p class='note'>Each image as training sees it in epoch 0 "
-        "(same transform as the dataset; flips not shown).</p><div class='sheet'>"
+        "(same transform as the dataset; flips not shown). Where an image has a loss mask, what the "
+        "mask leaves out (black) is dimmed and tinted red.</p><div class='sheet'>"
     )
     for e in r.entries:
         src = escape(f"{r.thumbs_dir}/{e.thumb}", quote=True) if e.thumb else ""
-        notes = "; ".join([*e.notes, *(["skipped: small"] if e.skipped else [])])
+        mask_note = {"file": "mask: file", "alpha": "mask: alpha channel"}.get(e.mask)
+        notes = "; ".join(
+            [*e.notes, *(["skipped: small"] if e.skipped else []), *([mask_note] if mask_note else [])]
+        )
         parts.append(
             f"<figure class='{'skipped' if e.skipped else ''}'>"
             + (f"<img src='{src}' alt='{escape(e.path.name, quote=True)}'>" if src else "")

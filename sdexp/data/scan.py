@@ -10,6 +10,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from PIL import UnidentifiedImageError
 
@@ -17,11 +18,15 @@ from sdexp.data.captions import caption_path, check_caption_extension, read_capt
 from sdexp.data.transforms import MAX_PIXELS, Decoded, ImageTooLarge, decode
 from sdexp.errors import UserError
 
+if TYPE_CHECKING:
+    from sdexp.data.masks import MaskRef
+
 # What we look for. HEIC/HEIF and JPEG XL are listed although Pillow cannot decode them, so such
 # files are reported with what to do instead of being silently left out.
 IMAGE_EXTENSIONS = (
     ".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".avif", ".heic", ".heif", ".jxl",
 )  # fmt: skip
+MASK_MARK = ".mask"  # NAME.mask.png is the loss mask of NAME.jpg (sdexp.data.masks), never a training image
 MIN_SIDE = 8  # below this an "image" is a tracking pixel or an icon, not a training example
 _HEIF_BRANDS = {b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1"}
 _CONVERT = "convert it to PNG or JPEG (e.g. `magick '{name}' '{stem}.png'`, or export it from a photo app)"
@@ -39,6 +44,7 @@ class ImageRecord:
     caption: str
     width: int  # after EXIF orientation
     height: int
+    mask: MaskRef | None = None  # its loss mask, attached by sdexp.data.masks.attach_masks
 
 
 @dataclass
@@ -47,6 +53,7 @@ class Listing:
 
     images: list[Path] = field(default_factory=list)
     captions: list[Path] = field(default_factory=list)  # files ending in the caption extension
+    masks: list[Path] = field(default_factory=list)  # NAME.mask.<image extension> files
     skipped_dirs: list[tuple[Path, str]] = field(default_factory=list)  # (folder, why)
 
 
@@ -65,6 +72,12 @@ def _check_root(root: Path, setting: str) -> None:
         raise UserError(
             f"{setting}={root} is a file, not a folder; set {setting} to the folder that holds it"
         )
+
+
+def is_mask_file(path: str | Path) -> bool:
+    """``NAME.mask.png`` (any image extension, any case): a loss mask, not an image to train on."""
+    path = Path(path)
+    return path.suffix.lower() in IMAGE_EXTENSIONS and path.stem.lower().endswith(MASK_MARK)
 
 
 def _is_dir(entry: os.DirEntry) -> bool | None:
@@ -121,18 +134,20 @@ def list_folder(
                 if os.path.realpath(path) not in excluded:
                     subdirs.append(path)
             elif path.suffix.lower() in IMAGE_EXTENSIONS and (path.is_file() or _is_broken_link(path)):
-                listing.images.append(path)
+                (listing.masks if is_mask_file(path) else listing.images).append(path)
             elif caption_extension and path.name.endswith(caption_extension) and path.is_file():
                 listing.captions.append(path)
         stack.extend(reversed(subdirs))
     listing.images.sort()
     listing.captions.sort()
+    listing.masks.sort()
     return listing
 
 
-def find_images(root: str | Path, *, setting: str = "data.dir") -> list[Path]:
-    """Image files under ``root`` (recursive, sorted, hidden files/dirs skipped, symlinks followed once)."""
-    return list_folder(root, setting=setting).images
+def find_images(root: str | Path, *, setting: str = "data.dir", exclude=()) -> list[Path]:
+    """Image files under ``root`` (recursive, sorted, hidden files/dirs skipped, symlinks followed
+    once; mask files and the folders in ``exclude`` left out)."""
+    return list_folder(root, setting=setting, exclude=exclude).images
 
 
 def _convert(path: Path) -> str:
@@ -245,11 +260,13 @@ def scan_folder(
     warn: Callable[[str], object] = print,
     setting: str = "data.dir",
     max_pixels: int = MAX_PIXELS,
+    exclude=(),
 ) -> list[ImageRecord]:
-    """Validate every image and caption under ``root`` and return one record per usable image. Read-only."""
+    """Validate every image and caption under ``root`` (not under the folders in ``exclude``, e.g.
+    a mask folder inside it) and return one record per usable image. Read-only."""
     check_caption_extension(caption_extension)
     root = Path(root).expanduser()
-    paths = find_images(root, setting=setting)
+    paths = find_images(root, setting=setting, exclude=exclude)
     if not paths:
         raise no_images_error(root, setting)
     good, bad = check_images(paths, max_pixels=max_pixels)

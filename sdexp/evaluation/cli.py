@@ -22,6 +22,7 @@ class Target:
     step: int | None
     lora: Path | None = None
     model: Path | None = None  # a whole model folder scored in place of the base
+    embedding: Path | None = None  # a textual-inversion file loaded into the base (with the LoRA, if any)
 
 
 def _run_dir_of(path: Path) -> Path | None:
@@ -44,9 +45,14 @@ def _checkpoint_step(run_dir: Path, name: str) -> int | None:
 
 def _checkpoint_target(folder: Path, step: int | None) -> Target:
     """A LoRA checkpoint scores on the base; a full fine-tune's is a pipeline folder of its own."""
+    from sdexp.export.embedding_files import checkpoint_embedding
+
     if (folder / "model_index.json").is_file():
         return Target(folder.name, step, model=folder)
-    return Target(folder.name, step, lora=folder / "lora.safetensors")
+    lora, embedding = folder / "lora.safetensors", checkpoint_embedding(folder)
+    if embedding is not None:  # textual inversion, with its LoRA when pivotal tuning made one
+        return Target(folder.name, step, lora=lora if lora.is_file() else None, embedding=embedding)
+    return Target(folder.name, step, lora=lora)
 
 
 def targets_for(path: Path, checkpoints: list[str]) -> tuple[Path | None, list[Target]]:
@@ -72,10 +78,14 @@ def targets_for(path: Path, checkpoints: list[str]) -> tuple[Path | None, list[T
     if path.is_dir() and (path / "model_index.json").is_file():  # a model, or a full fine-tune's checkpoint
         step = _checkpoint_step(run_dir, path.name) if run_dir else None
         return run_dir, [Target(path.name, step, model=path)]
-    if path.is_dir() and (path / "lora.safetensors").is_file():
+    from sdexp.export.embedding_files import checkpoint_embedding, is_embedding_file
+
+    if path.is_dir() and ((path / "lora.safetensors").is_file() or checkpoint_embedding(path)):
         step = _checkpoint_step(run_dir, path.name) if run_dir else None
-        return run_dir, [Target(path.name, step, lora=path / "lora.safetensors")]
+        return run_dir, [_checkpoint_target(path, step)]
     if path.is_file() and path.suffix == ".safetensors":
+        if is_embedding_file(path):
+            return None, [Target(path.stem, None, embedding=path)]
         return None, [Target(path.stem, None, lora=path)]
     raise UserError(
         f"TARGET: {path} is not a run folder (config.yaml + checkpoints/), a checkpoint folder (lora.safetensors), "
@@ -156,14 +166,25 @@ def _table(rows: list[dict], objectives: list[str]) -> None:
         arg("--out", type=Path, default=Path("eval.json"), help="JSON results (default eval.json)"),
         arg("--device", default="auto", choices=["auto", "cpu", "cuda"]),
         arg("--no-base", action="store_true", help="do not score the base model"),
+        arg(
+            "--embedding",
+            action="append",
+            default=[],
+            metavar="FILE[:TOKEN]",
+            help="textual-inversion embedding loaded for every row, the base's too (repeatable)",
+        ),
     ],
 )
 def cmd_eval(args: argparse.Namespace) -> int:
     from sdexp.evaluation.runner import evaluate_targets
+    from sdexp.generate import check_embeddings
 
+    embeddings = check_embeddings(args.embedding)
     run_dir, targets = targets_for(args.target, args.checkpoint)
     cfg = eval_run_config(run_dir, list(args.overrides))
-    rows = evaluate_targets(cfg, targets, device=args.device, with_base=not args.no_base, out=args.out)
+    rows = evaluate_targets(
+        cfg, targets, device=args.device, with_base=not args.no_base, out=args.out, embeddings=embeddings
+    )
     _table(rows, [o.name for o in cfg.eval.objectives])
     print(f"results: {args.out}")
     return 0

@@ -11,17 +11,22 @@ from sdexp.errors import ConfigError
 
 
 def evaluate_targets(
-    cfg, targets, *, device: str = "auto", with_base: bool = True, out: Path | None = None, notify=print
-):
-    """One row per target (the base first): name, step, metrics, objectives; written to ``out``."""
+    cfg, targets, *, device: str = "auto", with_base: bool = True, out: Path | None = None, notify=print,
+    embeddings=(),
+):  # fmt: skip
+    """One row per target (the base first): name, step, metrics, objectives; written to ``out``.
+    ``embeddings`` (read by ``generate.check_embeddings``) are loaded for every row; a target's own
+    embedding (a textual-inversion checkpoint) only for its row."""
     from sdexp.atomic import write_json_atomic
     from sdexp.base_generations import sampling_pipeline
     from sdexp.config import as_plain_dict
     from sdexp.data.scan import scan_folder
     from sdexp.evaluation.objective import score_all
     from sdexp.evaluation.setup import build_evaluator, run_resolution
+    from sdexp.export.embedding_files import read_embedding
     from sdexp.generate import check_loras, load_loras
     from sdexp.models.loading import model_family, resolve_model
+    from sdexp.models.token_embeddings import embeddings_attached
     from sdexp.quiet import quiet_libraries
     from sdexp.rng import isolated_rng
     from sdexp.trainer import resolve_device
@@ -72,18 +77,28 @@ def evaluate_targets(
         )
         notify(f"scored {name} in {result.seconds:.1f}s")
 
+    given = [(e.token, e.vectors(family)) for e in embeddings]
     if with_base:
-        score(base_pipe, "base", 0)
+        with embeddings_attached(base_pipe, family, given):
+            score(base_pipe, "base", 0)
     for target in targets:
         if target.model is not None:
             pipe, _ = sampling_pipeline(target.model, sampler=cfg.eval.sampler, device=dev)
-            score(pipe, target.name, target.step)
+            with embeddings_attached(pipe, family, given):
+                score(pipe, target.name, target.step)
             continue
-        load_loras(base_pipe, check_loras([(target.lora, 1.0)]), family)
+        own = []
+        if target.embedding is not None:
+            emb = read_embedding(target.embedding)
+            own = [(emb.token, emb.vectors(family))]
+        if target.lora is not None:
+            load_loras(base_pipe, check_loras([(target.lora, 1.0)]), family)
         try:
-            score(base_pipe, target.name, target.step)
+            with embeddings_attached(base_pipe, family, given + own):
+                score(base_pipe, target.name, target.step)
         finally:
-            base_pipe.unload_lora_weights()
+            if target.lora is not None:
+                base_pipe.unload_lora_weights()
     candidates = [r for r in rows if r["name"] != "base" and r["_score"] is not None]
     best = None
     for r in candidates:

@@ -19,6 +19,19 @@ def subject_prompts(e, captions: list[str]) -> list[str]:
     return sorted(counts, key=lambda c: (-counts[c], captions.index(c)))
 
 
+def rendered_captions(cfg, records) -> list[str]:
+    """The captions as training sees them without the random parts: ``data.captions.template`` and
+    ``{token}`` applied, so scoring prompts hold the trigger word (textual inversion's new token)."""
+    import random
+    from dataclasses import replace
+
+    from sdexp.data.caption_policy import CaptionPolicy
+
+    options = replace(cfg.data.captions, shuffle_tags=False, tag_dropout=0.0, dropout=0.0)
+    policy = CaptionPolicy(options, cfg.data.token)
+    return [policy.render(r.caption, random.Random(0)) for r in records]
+
+
 def reference_paths(e, cfg) -> list[Path] | None:
     """``eval.reference_dir`` scanned (read-only), or None for the training images."""
     if not e.reference_dir:
@@ -60,14 +73,15 @@ def build_evaluator(cfg, records, resolution: int, device, *, generations_root=N
             "eval.clip=open_clip:MODEL:TAG (or a local weights file, e.g. open_clip:ViT-L-14:/path/model.safetensors)"
         )
     training = [r.path for r in records]
-    prior = run_prior_prompts(cfg, [r.caption for r in records])
+    captions = rendered_captions(cfg, records)
+    prior = run_prior_prompts(cfg, captions)
     evaluator = Evaluator(
         e,
         base_model=model_ref,
         clip_spec=spec,
         reference_paths=reference_paths(e, cfg) or training,
         training_paths=training,
-        subject_prompts=subject_prompts(e, [r.caption for r in records]),
+        subject_prompts=subject_prompts(e, captions),
         size=resolution,
         prior=prior,
         device=device,

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 
 def build_module(cfg):
-    """The training module for ``cfg.method``: adapters (LoRA/DoRA) or the full UNet."""
+    """The training module for ``cfg.method``: adapters (LoRA/DoRA), the full UNet, or new token
+    embeddings (textual inversion)."""
     from sdexp.errors import ConfigError
 
     name = cfg.method.name
@@ -17,6 +18,10 @@ def build_module(cfg):
         from sdexp.methods.full import FullModule
 
         return FullModule(cfg)
+    if name == "textual_inversion":
+        from sdexp.methods.textual_inversion import TextualInversionModule
+
+        return TextualInversionModule(cfg)
     if name in ("lora", "dreambooth"):
         from sdexp.methods.lora import LoraModule
 

@@ -81,6 +81,15 @@ class TrainingModule:
         """Write the checkpoint files into ``ckpt_dir`` (a staging folder the trainer renames)."""
         raise NotImplementedError
 
+    def training_state(self) -> dict:
+        """What a resumed run needs beyond the trained parameters, optimizer and global RNGs (which
+        the trainer saves): the module's own generators, EMA weights, counters. Plain containers
+        and tensors only (loaded with ``weights_only=True``)."""
+        return {}
+
+    def on_load_checkpoint(self, state: dict) -> None:
+        """Put back what ``training_state`` returned (after ``setup`` and ``configure_optimizers``)."""
+
     def inference_pipeline(self, sampler: str):
         """A context manager giving a sampling pipeline on the weights a checkpoint would save
         (EMA swapped in), in eval mode; evaluation generates through it."""

@@ -47,9 +47,18 @@ def per_sample_loss(
     timesteps: torch.Tensor,
     scheduler,
     min_snr_gamma: float | None = None,
+    weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """MSE per sample, optionally weighted by min-SNR-γ (Hang et al. 2023)."""
+    """MSE per sample, optionally weighted by min-SNR-γ (Hang et al. 2023) and per latent pixel
+    by ``weights`` (a loss mask from ``mask_weights``, broadcast over channels).
+
+    A weighted loss is still divided by the number of pixels, not by the weights' sum (as kohya's
+    masked loss is): a learned pixel's gradient is then exactly what it is without a mask, so a
+    learning rate found unmasked carries over, and a nearly black mask cannot inflate the gradient
+    of its few white pixels. A small mask gives a small loss value; an all-white mask changes nothing."""
     loss = F.mse_loss(model_pred.float(), target.float(), reduction="none")
+    if weights is not None:
+        loss = loss * weights.to(loss.device, loss.dtype)
     loss = loss.mean(dim=list(range(1, loss.ndim)))
     if min_snr_gamma:
         snr = compute_snr(scheduler, timesteps)
@@ -60,3 +69,13 @@ def per_sample_loss(
             weights = clipped / snr
         loss = loss * weights.to(loss.device)
     return loss
+
+
+def mask_weights(mask: torch.Tensor, size: tuple[int, int], unmasked_weight: float = 0.0) -> torch.Tensor:
+    """Per-latent-pixel loss weights [B, 1, h, w] from pixel masks [B, 1, H, W] (uint8 0..255 or
+    float 0..1, white = learn): each latent pixel takes the mean of the image pixels it covers
+    (area resize, so the VAE factor, 8 or tiny_shapes' 4, needs no special case), then black
+    maps to ``unmasked_weight`` and white to 1."""
+    m = mask.float() / 255.0 if mask.dtype == torch.uint8 else mask.float()
+    m = F.interpolate(m, size=tuple(size), mode="area")
+    return unmasked_weight + (1.0 - unmasked_weight) * m

@@ -88,6 +88,18 @@ class FullModule(StableDiffusionModule):
         if self.ema is not None:
             self.ema.restore(self._trained_parameters())
 
+    def training_state(self) -> dict:
+        state = super().training_state()
+        if self.ema is not None:
+            state["ema"] = self.ema.state_dict()
+        return state
+
+    def on_load_checkpoint(self, state: dict) -> None:
+        super().on_load_checkpoint(state)
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
+            self.ema.to(self.base.unet.device)
+
     # ----- checkpoints --------------------------------------------------------------------
     def on_save_checkpoint(self, ckpt_dir: Path, step: int) -> dict[str, Path]:
         """A pipeline folder: trained components written fresh, frozen ones linked from the run's copy."""

@@ -1,5 +1,5 @@
-"""LoRA or DoRA (peft) on the UNet and optionally every text encoder of the family (each with its own
-rank and learning rate), saved as kohya + diffusers files."""
+"""LoRA, DoRA, LoHa or LoKr (peft) on the UNet and optionally every text encoder of the family (each
+with its own rank and learning rate), saved as kohya + diffusers files (LoHa/LoKr: LyCORIS + peft)."""
 
 from __future__ import annotations
 
@@ -49,31 +49,36 @@ class LoraModule(StableDiffusionModule):
         # The adapters' initial values come from the run's seed, not from whatever ran before.
         torch.manual_seed(self.cfg.train.seed)
         base.unet.add_adapter(
-            LoraConfig(
-                r=m.rank,
-                lora_alpha=self.alpha,
-                lora_dropout=m.dropout,
-                target_modules=unet_lora_targets(base.unet, m.targets),
-                use_dora=m.dora,
-            )
+            self.adapter_config(m.rank, self.alpha, unet_lora_targets(base.unet, m.targets))
         )
         modules = [base.unet]
+        self.te_configs = []
         if self.text_encoder_trains:
             # transformers' own add_adapter wants peft >= 0.22; peft's injection works on any model.
             for encoder, rank, alpha in zip(base.text_encoders, self.te_ranks, self.te_alphas, strict=True):
-                inject_adapter_in_model(
-                    LoraConfig(
-                        r=rank,
-                        lora_alpha=alpha,
-                        lora_dropout=m.dropout,
-                        target_modules=text_encoder_lora_targets(encoder),
-                        use_dora=m.dora,
-                    ),
-                    encoder,
-                    adapter_name="default",
-                )
+                config = self.adapter_config(rank, alpha, text_encoder_lora_targets(encoder))
+                inject_adapter_in_model(config, encoder, adapter_name="default")
+                self.te_configs.append(config)
                 modules.append(encoder)
         cast_training_params(modules, dtype=torch.float32)
+
+    def adapter_config(self, rank: int, alpha: float, targets: list[str]):
+        """peft config of ``method.adapter_type``: LoRA (or DoRA), or LyCORIS LoHa / LoKr."""
+        m = self.cfg.method
+        if m.adapter_type == "lora":
+            return LoraConfig(
+                r=rank, lora_alpha=alpha, lora_dropout=m.dropout, target_modules=targets, use_dora=m.dora
+            )
+        from sdexp.export.lycoris import adapter_config
+
+        return adapter_config(
+            m.adapter_type,
+            rank=rank,
+            alpha=alpha,
+            targets=targets,
+            factor=m.lokr_factor,
+            decompose_both=m.lokr_decompose_both,
+        )
 
     def trainable_modules(self) -> list[torch.nn.Module]:
         mods = [self.base.unet]
@@ -105,6 +110,8 @@ class LoraModule(StableDiffusionModule):
         from sdexp.export.lora_files import save_lora
 
         cfg, trains = self.cfg, self.text_encoder_trains
+        if cfg.method.adapter_type != "lora":
+            return self._save_lycoris(ckpt_dir, step)
         return save_lora(
             ckpt_dir,
             unet=self.base.unet,
@@ -120,4 +127,30 @@ class LoraModule(StableDiffusionModule):
             title=cfg.logger.run_name or f"sdexp-{self.base.name}-lora",
             targets=cfg.method.targets,
             base_model=self.base.name,
+        )
+
+    def _save_lycoris(self, ckpt_dir: Path, step: int) -> dict[str, Path]:
+        """LoHa/LoKr: a LyCORIS file (A1111/ComfyUI) and peft's state with its configs (sdexp)."""
+        from sdexp.export.lycoris import save_lycoris
+
+        cfg, trains = self.cfg, self.text_encoder_trains
+        m = cfg.method
+        args = {"factor": str(m.lokr_factor), "decompose_both": str(m.lokr_decompose_both)}
+        return save_lycoris(
+            ckpt_dir,
+            unet=self.base.unet,
+            unet_config=self.base.unet.peft_config["default"],
+            text_encoders=tuple(zip(self.base.text_encoders, self.te_configs)) if trains else (),
+            family=self.base.family,
+            prediction_type=self.base.prediction_type,
+            rank=m.rank,
+            alpha=self.alpha,
+            text_encoder_ranks=self.te_ranks if trains else (),
+            text_encoder_alphas=self.te_alphas if trains else (),
+            resolution=self.resolution,
+            steps=step,
+            title=cfg.logger.run_name or f"sdexp-{self.base.name}-{m.adapter_type}",
+            targets=m.targets,
+            base_model=self.base.name,
+            network_args=args if m.adapter_type == "lokr" else None,
         )

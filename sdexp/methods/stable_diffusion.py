@@ -16,7 +16,13 @@ import torch
 
 from sdexp.config import RunConfig
 from sdexp.methods.base import StepOutput, TrainingModule
-from sdexp.methods.diffusion import per_sample_loss, prediction_target, sample_noise, sample_timesteps
+from sdexp.methods.diffusion import (
+    mask_weights,
+    per_sample_loss,
+    prediction_target,
+    sample_noise,
+    sample_timesteps,
+)
 from sdexp.methods.training_data import TrainingData
 from sdexp.models.conditioning import Conditioning
 from sdexp.models.loading import DTYPES, BaseModel, load_base
@@ -191,9 +197,10 @@ class StableDiffusionModule(TrainingData, TrainingModule):
 
     # ----- steps --------------------------------------------------------------------------
     def training_step(self, batch: dict, step: int) -> StepOutput:
-        """Instance loss (weighted by concept) plus ``prior_loss_weight`` × the class images' loss."""
+        """Instance loss (weighted by concept, and per pixel by the images' masks) plus
+        ``prior_loss_weight`` × the class images' loss (class images have no mask)."""
         params, captions = self._latent_params(batch), list(batch["caption"])
-        n = params.shape[0]
+        n, mask = params.shape[0], batch.get("mask")
         prior = None
         if "class_caption" in batch:
             class_params, class_captions = self._latent_params(batch, "class_"), list(batch["class_caption"])
@@ -202,13 +209,16 @@ class StableDiffusionModule(TrainingData, TrainingModule):
             if class_params.shape[1:] == params.shape[1:]:
                 # One UNet call over instance and class images together, as DreamBooth trains.
                 both = Conditioning.cat([cond, class_cond])
-                losses = self._denoising_losses(torch.cat([params, class_params]), both)
+                if mask is not None:  # class images learn everywhere
+                    full = torch.full((len(class_params), *mask.shape[1:]), 255, dtype=mask.dtype)
+                    mask = torch.cat([mask, full])
+                losses = self._denoising_losses(torch.cat([params, class_params]), both, mask)
                 instance, prior = losses[:n], losses[n:]
             else:
-                instance = self._denoising_losses(params, cond)
+                instance = self._denoising_losses(params, cond, mask)
                 prior = self._denoising_losses(class_params, class_cond)
         else:
-            instance = self._denoising_losses(params, self.conditioning(captions, batch))
+            instance = self._denoising_losses(params, self.conditioning(captions, batch), mask)
         weights = batch["loss_weight"].to(instance.device, instance.dtype)
         loss = (instance * weights).mean()
         logs = self._concept_counts(batch["concept"])
@@ -218,8 +228,11 @@ class StableDiffusionModule(TrainingData, TrainingModule):
             loss = loss + self.prior_loss_weight * prior.mean()
         return StepOutput(loss=loss, logs=logs)
 
-    def _denoising_losses(self, latent_params: torch.Tensor, cond: Conditioning) -> torch.Tensor:
-        """Per-sample denoising loss: latents drawn from the VAE distribution, fresh noise and timesteps."""
+    def _denoising_losses(
+        self, latent_params: torch.Tensor, cond: Conditioning, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Per-sample denoising loss: latents drawn from the VAE distribution, fresh noise and
+        timesteps; weighted per latent pixel by ``mask`` (uint8 [B, 1, H, W]) under ``data.mask``."""
         from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 
         t, sched, gen = self.cfg.train, self.base.noise_scheduler, self._generator
@@ -230,7 +243,11 @@ class StableDiffusionModule(TrainingData, TrainingModule):
         noisy = sched.add_noise(latents, noise, timesteps)
         pred = self._predict(noisy, timesteps, cond)
         target = prediction_target(sched, latents, noise, timesteps)
-        return per_sample_loss(pred, target, timesteps, sched, t.min_snr_gamma)
+        weights = None
+        if mask is not None:
+            size = latents.shape[-2:]
+            weights = mask_weights(mask.to(latents.device), size, self.cfg.data.mask.unmasked_weight)
+        return per_sample_loss(pred, target, timesteps, sched, t.min_snr_gamma, weights)
 
     def val_batches_expected(self) -> bool:
         """Whether validation will have data (known after ``load_data``, before models load)."""
@@ -359,6 +376,20 @@ class StableDiffusionModule(TrainingData, TrainingModule):
 
     def on_save_checkpoint(self, ckpt_dir: Path, step: int) -> dict[str, Path]:
         raise NotImplementedError
+
+    # ----- resuming -----------------------------------------------------------------------
+    def training_state(self) -> dict:
+        """The noise/timestep generator (training's own stream) and the counters logs and run.json show."""
+        return {
+            "generator": self._generator.get_state(),
+            "images_seen": dict(self.images_seen),
+            "cache_stats": dict(self.cache_stats),
+        }
+
+    def on_load_checkpoint(self, state: dict) -> None:
+        self._generator.set_state(state["generator"])
+        self.images_seen = Counter(state["images_seen"])
+        self.cache_stats.update(state["cache_stats"])
 
 
 def _spread(n: int, k: int) -> list[int]:

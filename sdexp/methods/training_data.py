@@ -29,7 +29,7 @@ class TrainingData:
         records, concept_of = [], []
         for index, concept in enumerate(self.concepts):
             setting = "data.dir" if not d.concepts else f"data.concepts[{index}].dir"
-            found = self._scan(concept.dir, concept.prompt, setting)
+            found = self._scan(concept.dir, concept.prompt, setting, masks=True)
             for record in found:  # a {token} in a caption without data.token fails now, not mid-run
                 policy.check(record.caption, where=f"the caption of {record.path}")
             records += found
@@ -57,19 +57,26 @@ class TrainingData:
                 caption_policy=policy,
             )
 
-    def _scan(self, folder, prompt: str | None, setting: str):
-        """Every usable image of ``folder`` (bad files and small images per the data config)."""
+    def _scan(self, folder, prompt: str | None, setting: str, *, masks: bool = False):
+        """Every usable image of ``folder`` (bad files and small images per the data config), with
+        its loss mask when ``masks`` (training images; the validation loss is unmasked)."""
         from sdexp.data.dataset import apply_small_image_policy
+        from sdexp.data.masks import attach_masks, check_mask_dir
         from sdexp.data.scan import scan_folder
 
         d = self.cfg.data
+        check_mask_dir(d.mask)
         found = scan_folder(
             folder,
             default_prompt=prompt,
             caption_extension=d.caption_extension,
             skip_bad=d.skip_bad,
             setting=setting,
+            exclude=[d.mask.dir] if d.mask.dir else (),  # a mask folder is never images, even unused
         )
+        if masks:  # a mask folder mirrors data.dir (kohya subfolders included), else each concept's
+            root = d.dir if d.dir and not d.concepts else folder
+            found = attach_masks(found, d.mask, root=root, setting=setting)
         return apply_small_image_policy(
             found,
             resolution=self.resolution,
@@ -183,6 +190,9 @@ class TrainingData:
             info["cache"]["text_encoded"] = self.text_cache.stored
         if self.user_class_records:
             info["class_images_generated"] = self.class_images_generated
+        masked = sum(r.mask is not None for r in self.train_dataset.records)
+        if masked:
+            info["masked_images"] = masked
         return info
 
     def train_dataloader(self):

@@ -1,6 +1,6 @@
 """`sdexp sweep` and `sdexp best`.
 
-sdexp sweep sweeps/demo.yaml [overrides...] [--out DIR] [--storage URL] [--n-trials N]
+sdexp sweep sweeps/demo.yaml [overrides...] [--out DIR] [--storage URL] [--n-trials N] [--resume-trials]
 sdexp best sweeps-out/demo [--export DIR]
 
 A sweep whose trials all failed alike ends with that error in one line and exit code 2.
@@ -43,6 +43,12 @@ from sdexp.errors import ConfigError, UserError
         arg("--n-trials", type=int, default=None, help="override the definition's n_trials"),
         arg("--timeout-minutes", type=float, default=None, help="stop starting trials after this long"),
         arg("--no-report", action="store_true", help="do not write the HTML report at the end"),
+        arg(
+            "--resume-trials",
+            action="store_true",
+            help="trials save their training state at each checkpoint, and a trial whose worker was "
+            "killed (or Ctrl-C'd) is retried from its last checkpoint instead of from step 0",
+        ),
     ],
 )
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -60,7 +66,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             raise ConfigError(f"--n-trials: the grid has {definition.n_trials} points")
         definition.n_trials = args.n_trials
     out = (args.out or Path("sweeps-out") / definition.name).expanduser()
-    runner = SweepRunner(definition, out, extra_overrides=list(args.overrides), storage=args.storage)
+    runner = SweepRunner(
+        definition,
+        out,
+        extra_overrides=list(args.overrides),
+        storage=args.storage,
+        resume_trials=args.resume_trials,
+    )
     info, study = runner.prepare()
     print(f"sweep folder: {runner.sweep_dir}\nstudy: {info.study_name} in {info.storage}")
     try:

@@ -17,6 +17,7 @@ Each Optuna trial carries these user attributes (set by the trial runner):
     seconds          {"setup", "train", "eval", "teardown", "total"}
     error            failed trials: "<Exception>: <message>"
     pruned_step      pruned trials: the step at which the pruner stopped it
+    resumed_from     --resume-trials: {trial, checkpoint, step} of the attempt it went on from
 Intermediate values (``trial.report``) are the first objective at each scored checkpoint.
 """
 

@@ -205,8 +205,10 @@ class SweepRunner:
         extra_overrides: list[str] = (),
         storage: str | None = None,
         notify=print,
+        resume_trials: bool = False,
     ):
         self.definition, self.extra = definition, list(extra_overrides)
+        self.resume_trials = resume_trials  # retried trials go on from their checkpoint (resume_trials.py)
         self.sweep_dir = Path(sweep_dir).resolve()
         self.requested_storage = storage
         self.notify = notify
@@ -428,21 +430,33 @@ class SweepRunner:
             else contextlib.nullcontext()
         )
         log = run_dir / RUN_LOG
+        callbacks = [pruning] if pruning else []
         try:
+            resume_from = None
+            if self.resume_trials:
+                from sdexp.sweep.resume_trials import prepare_resumed_trial
+
+                resume_from = prepare_resumed_trial(self.sweep_dir, self.study, trial, self.notify)
             with beat, run_log(log):  # from the sampled values to the traceback, if it fails
                 params = {key: spec.suggest(trial) for key, spec in d.space.items()}
                 self.notify(
                     f"trial {number}: " + " ".join(f"{k}={format_value(v)}" for k, v in params.items())
                 )
-                cfg = compose_run_config(
-                    [
-                        *trial_overrides(d, params, self.extra),
-                        f"logger.group={info.study_name}",
-                        f"logger.run_name={info.study_name}-{number:04d}",
-                        f"logger.tags=[sweep,{info.study_name}]",
-                    ]
-                )
-                result = train_run(cfg, run_dir, notify=self.notify, callbacks=[pruning] if pruning else [])
+                if resume_from is not None:  # the copied folder's own config and W&B run
+                    from sdexp.resume import resume_run
+
+                    result = resume_run(resume_from, notify=self.notify, callbacks=callbacks)
+                else:
+                    cfg = compose_run_config(
+                        [
+                            *trial_overrides(d, params, self.extra),
+                            f"logger.group={info.study_name}",
+                            f"logger.run_name={info.study_name}-{number:04d}",
+                            f"logger.tags=[sweep,{info.study_name}]",
+                            *(["train.save_state=true"] if self.resume_trials else []),
+                        ]
+                    )
+                    result = train_run(cfg, run_dir, notify=self.notify, callbacks=callbacks)
         except KeyboardInterrupt:
             trial.set_user_attr(
                 "error", "KeyboardInterrupt: stopped by the user; the next invocation reruns it"

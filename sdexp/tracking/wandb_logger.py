@@ -132,6 +132,7 @@ class WandbLogger(Logger):
         mode: str = "auto",
         notify: Callable[[str], Any] = print,
         init_timeout: float = 120.0,
+        run_id: str | None = None,
     ):
         self.run_dir = Path(run_dir)
         self.notify = notify
@@ -155,6 +156,8 @@ class WandbLogger(Logger):
             tags=list(tags),
             config=dict(config or {}),
             reinit="create_new",
+            # a resumed run (train.resume) logs to the W&B run it started
+            **({"id": run_id, "resume": "allow"} if run_id else {}),
             settings=wandb.Settings(console="off", silent=True, init_timeout=init_timeout),
         )
         before = _run_folders(self.run_dir)
@@ -179,6 +182,10 @@ class WandbLogger(Logger):
             notify(_offline_notice(reason, self._run_path))
         elif self.mode == "online" and self.run.url:
             notify(f"W&B: logging online to {self.run.url}")
+
+    @property
+    def run_id(self) -> str | None:
+        return self.run.id if self.run is not None else None
 
     @property
     def run_path(self) -> Path | None:

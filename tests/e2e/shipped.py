@@ -29,6 +29,8 @@ def shipped_sweeps() -> list[Path]:
 DATA_PROMPT = "a photo of sks dog"
 METHOD_INPUTS = {
     "dreambooth": ["method.instance_prompt=a photo of sks dog", "method.class_prompt=a photo of dog"],
+    # Captioned photos without the new token: the template puts it in (data.token = method.token).
+    "textual_inversion": ["data.captions.template='{token} {caption}'"],
 }
 # Fewer images and steps, never another kind of run.
 SMALL_RUN = [

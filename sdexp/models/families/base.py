@@ -28,6 +28,7 @@ class TextEncoderSlot:
     kohya_prefix: str  # lora_te, lora_te1, lora_te2
     single_file_prefix: str  # where its weights sit in an original-layout checkpoint
     open_clip_layout: bool  # original layout is OpenCLIP's (resblocks, fused qkv), not HF CLIP's
+    embedding_key: str = "emb_params"  # its vectors' key in an A1111/ComfyUI embedding file
 
 
 class ModelFamily:

@@ -25,6 +25,7 @@ class SDXL(ModelFamily):
             kohya_prefix="lora_te1",
             single_file_prefix="conditioner.embedders.0.transformer.",
             open_clip_layout=False,
+            embedding_key="clip_l",
         ),
         TextEncoderSlot(
             attribute="text_encoder_2",
@@ -33,6 +34,7 @@ class SDXL(ModelFamily):
             kohya_prefix="lora_te2",
             single_file_prefix="conditioner.embedders.1.model.",
             open_clip_layout=True,
+            embedding_key="clip_g",
         ),
     )
     kohya_base_model_version = "sdxl_base_v1-0"
