@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 from peft import LoraConfig, inject_adapter_in_model
 
@@ -67,3 +68,33 @@ def tiny_lora_file(out_dir: Path, model: str = "tiny", targets: str = "transform
     """A kohya LoRA file (UNet and every text encoder) for a tiny model, lora_B nonzero."""
     lora = make_lora_model(targets, 4, 4.0, 2, 2.0, model=model)
     return save(lora, Path(out_dir), targets, 4, 4.0, 2, 2.0)["kohya"]
+
+
+def pipeline_image(pipe, prompt: str = "a red square", *, seed: int = 0, **kwargs) -> np.ndarray:
+    """One 64 px image in 3 sampler steps from a fixed seed: what the file tests compare."""
+    pipe.set_progress_bar_config(disable=True)
+    out = pipe(
+        prompt,
+        num_inference_steps=3,
+        height=64,
+        width=64,
+        generator=torch.Generator().manual_seed(seed),
+        output_type="np",
+        **kwargs,
+    )
+    return out.images[0]
+
+
+def file_test_image(pipe, **kwargs) -> np.ndarray:
+    """The LoRA/LyCORIS file tests' image: "a red square" at guidance 5."""
+    return pipeline_image(pipe, guidance_scale=5.0, **kwargs)
+
+
+_BASE_IMAGES: dict[str, np.ndarray] = {}
+
+
+def base_image_of(model: str) -> np.ndarray:
+    """``file_test_image`` of a built-in base, made once per test process."""
+    if model not in _BASE_IMAGES:
+        _BASE_IMAGES[model] = file_test_image(load_base(model).pipeline())
+    return _BASE_IMAGES[model]

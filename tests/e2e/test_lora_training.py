@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from lora_helpers import pipeline_image
 
 from sdexp.run import train_run
 from sdexp.tracking.run_folder import read_metrics
@@ -96,16 +97,7 @@ def test_trained_files_load_through_diffusers_and_give_the_in_memory_image(
         m.eval()
 
     def image(pipe):
-        pipe.set_progress_bar_config(disable=True)
-        out = pipe(
-            "a photo of sks toy",
-            num_inference_steps=3,
-            height=64,
-            width=64,
-            output_type="np",
-            generator=torch.Generator().manual_seed(7),
-        )
-        return out.images[0]
+        return pipeline_image(pipe, "a photo of sks toy", seed=7)
 
     trained = image(module.base.pipeline())
     base_image = image(load_base(model).pipeline())

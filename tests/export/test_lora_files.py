@@ -8,7 +8,8 @@ import struct
 import numpy as np
 import pytest
 import torch
-from lora_helpers import make_lora_model, save
+from lora_helpers import base_image_of, make_lora_model, save
+from lora_helpers import file_test_image as image
 from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model
 from peft.tuners.tuners_utils import BaseTunerLayer
 from safetensors import safe_open
@@ -21,35 +22,11 @@ from sdexp.models.lora_targets import text_encoder_lora_targets, unet_lora_targe
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def image(pipe, **kwargs) -> np.ndarray:
-    pipe.set_progress_bar_config(disable=True)
-    out = pipe(
-        "a red square",
-        num_inference_steps=3,
-        guidance_scale=5.0,
-        height=64,
-        width=64,
-        generator=torch.Generator().manual_seed(0),
-        output_type="np",
-        **kwargs,
-    )
-    return out.images[0]
-
-
 def lora_modules(pipe, adapter: str, family) -> tuple[int, ...]:
     def count(model):
         return sum(1 for m in model.modules() if isinstance(m, BaseTunerLayer) and adapter in m.lora_A)
 
     return (count(pipe.unet), *(count(getattr(pipe, a)) for a in family.text_encoder_attributes))
-
-
-BASE_IMAGES: dict[str, np.ndarray] = {}
-
-
-def base_image_of(model: str) -> np.ndarray:
-    if model not in BASE_IMAGES:
-        BASE_IMAGES[model] = image(load_base(model).pipeline())
-    return BASE_IMAGES[model]
 
 
 @pytest.fixture(scope="module")

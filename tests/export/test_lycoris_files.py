@@ -10,6 +10,8 @@ from collections import Counter
 import numpy as np
 import pytest
 import torch
+from lora_helpers import base_image_of
+from lora_helpers import file_test_image as image
 from peft import inject_adapter_in_model
 from safetensors import safe_open
 from safetensors.torch import save_file
@@ -66,29 +68,6 @@ def save(base, te_configs, out_dir, targets, rank, alpha, te_rank=None, te_alpha
         targets=targets,
         base_model=base.name,
     )
-
-
-def image(pipe) -> np.ndarray:
-    pipe.set_progress_bar_config(disable=True)
-    out = pipe(
-        "a red square",
-        num_inference_steps=3,
-        guidance_scale=5.0,
-        height=64,
-        width=64,
-        generator=torch.Generator().manual_seed(0),
-        output_type="np",
-    )
-    return out.images[0]
-
-
-BASE_IMAGES: dict[str, np.ndarray] = {}
-
-
-def base_image_of(model: str) -> np.ndarray:
-    if model not in BASE_IMAGES:
-        BASE_IMAGES[model] = image(load_base(model).pipeline())
-    return BASE_IMAGES[model]
 
 
 def read(path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

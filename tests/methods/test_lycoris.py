@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from lora_helpers import pipeline_image
 
 from sdexp.errors import ConfigError
 
@@ -99,16 +100,7 @@ def test_a_short_run_saves_files_that_give_the_trained_image(compose, toy_images
             assert torch.equal(p, untouched[name.replace(".base_layer", "")]), name
 
     def image(pipe):
-        pipe.set_progress_bar_config(disable=True)
-        out = pipe(
-            "a photo of sks toy",
-            num_inference_steps=3,
-            height=64,
-            width=64,
-            output_type="np",
-            generator=torch.Generator().manual_seed(7),
-        )
-        return out.images[0]
+        return pipeline_image(pipe, "a photo of sks toy", seed=7)
 
     trained = image(module.base.pipeline())
     assert np.abs(trained - image(load_base("tiny").pipeline())).max() > 1e-3
