@@ -306,6 +306,10 @@ def run_reference(args, device) -> dict:
         unet.enable_gradient_checkpointing()
     for m in (unet, vae, *text_encoders):
         m.to(device)
+    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
+    if args.channels_last:
+        unet.to(memory_format=memory_format)
+        vae.to(memory_format=memory_format)
     unet.train()
     params = [p for p in unet.parameters() if p.requires_grad]
     if args.optimizer == "adamw8bit":
@@ -322,7 +326,7 @@ def run_reference(args, device) -> dict:
     if args.compile:
         forward = torch.compile(unet)
 
-    pixels = fixed_pixels(args.batch, resolution).to(device, dtype=vae.dtype)
+    pixels = fixed_pixels(args.batch, resolution).to(device, dtype=vae.dtype, memory_format=memory_format)
     input_ids = [tokenize_prompt(tok, [CAPTION] * args.batch).to(device) for tok in ref.tokenizers]
     original_sizes, crop_top_lefts, target_size = reference_geometry(args.batch, resolution)
     autocast = torch.autocast(device.type, dtype=weight_dtype, enabled=weight_dtype != torch.float32)
@@ -354,7 +358,9 @@ def run_reference(args, device) -> dict:
         noise = torch.randn_like(latents)
         bsz = latents.shape[0]
         timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (bsz,), device=device).long()
-        noisy_latents = noise_scheduler.add_noise(latents, noise, timesteps)
+        noisy_latents = noise_scheduler.add_noise(latents, noise, timesteps).contiguous(
+            memory_format=memory_format
+        )
         target = (
             noise if prediction_type == "epsilon" else noise_scheduler.get_velocity(latents, noise, timesteps)
         )
@@ -421,6 +427,8 @@ def sdexp_overrides(args, total_steps: int) -> list[str]:
         *resolution,
         f"train.optimizer={args.optimizer}",
         f"train.gradient_checkpointing={str(args.gradient_checkpointing).lower()}",
+        f"train.compile={str(args.compile).lower()}",
+        f"train.channels_last={str(args.channels_last).lower()}",
         f"train.batch_size={args.batch}",
         f"train.mixed_precision={args.precision}",
         f"train.steps={total_steps}",
@@ -497,7 +505,8 @@ def run_sdexp(args, device) -> dict:
 
         def on_train_step_end(self, trainer, module, logs):
             meter.step_end(trainer.state.step)
-            losses.append(logs["train/loss"])
+            if "train/loss" in logs:  # read every train.log_every steps
+                losses.append(logs["train/loss"])
 
     callbacks = []
     if args.with_logging:
@@ -566,6 +575,8 @@ def worker(args) -> None:
         batch=args.batch,
         precision=args.precision,
         gradient_checkpointing=args.gradient_checkpointing,
+        compile=args.compile,
+        channels_last=args.channels_last,
         wall_s=time.perf_counter() - started,
         threads=torch.get_num_threads(),
     )
@@ -600,7 +611,7 @@ def spawn(args, impl: str, batch: int | None) -> dict | None:
     if args.resolution:
         cmd += ["--resolution", str(args.resolution)]
     cmd += ["--method", args.method, "--optimizer", args.optimizer]
-    for flag in ("gradient_checkpointing", "ema", "compile", "with_logging"):
+    for flag in ("gradient_checkpointing", "ema", "compile", "channels_last", "with_logging"):
         if getattr(args, flag):
             cmd.append("--" + flag.replace("_", "-"))
     try:
@@ -671,6 +682,7 @@ def render_table(rows: list[dict]) -> str:
     mems = [("peak_mb", "MB")] if cuda else [("peak_mb", "RSS MB"), ("tensor_peak_mb", "tensor MB")]
     design = any(_design(r) for r in rows)
     cols = [("model", max([9, *(len(r["model"]) for r in rows)])), ("px", 4), ("batch", 5), ("gc", 2)]
+    cols += [("mode", 7)]
     cols += [("ref ms", 8), ("sdexp ms", 9), ("time x", 6)]
     for _, label in mems:
         cols += [(f"ref {label}", max(len(label) + 4, 8)), (f"sdexp {label}", max(len(label) + 6, 9))]
@@ -685,6 +697,7 @@ def render_table(rows: list[dict]) -> str:
         r_ms, s_ms = ref.get("step_ms_median"), ours.get("step_ms_median")
         px = ref.get("resolution") or ours.get("resolution")
         cells = [row["model"], fmt(px, "d"), str(b), "y" if row.get("gradient_checkpointing") else "n"]
+        cells += [step_mode(row)]
         cells += [fmt(r_ms), fmt(s_ms), fmt(_ratio(s_ms, r_ms), ".2f")]
         for key, _ in mems:
             r, o = ref.get(key), ours.get(key)
@@ -705,8 +718,16 @@ def render_table(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n" + note
 
 
+def step_mode(row: dict) -> str:
+    """eager, compile, cl (channels_last) or compile+cl: how both sides ran the step."""
+    parts = [name for key, name in (("compile", "compile"), ("channels_last", "cl")) if row.get(key)]
+    return "+".join(parts) or "eager"
+
+
 def _design(row: dict):
     if row.get("method", "lora") != "lora" or row.get("precision") != "bf16" or row.get("device") != "cuda":
+        return None
+    if row.get("compile") or row.get("channels_last"):  # DESIGN's figures are eager
         return None
     return DESIGN_REFERENCE.get((row["model"], row["batch"], bool(row.get("gradient_checkpointing"))))
 
@@ -773,7 +794,12 @@ def main(argv=None) -> int:
         default=None,
         help="torch CPU threads per worker; default 1 on CPU (steady timings on a shared box), 0 = torch's default",
     )
-    p.add_argument("--compile", action="store_true", help="torch.compile the UNet where supported")
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="reference: torch.compile of the whole UNet; sdexp: train.compile=true (regional)",
+    )
+    p.add_argument("--channels-last", action="store_true", help="both sides: UNet and VAE in channels_last")
     p.add_argument(
         "--method", choices=("lora", "finetune"), default="lora", help="LoRA (default) or full fine-tune"
     )
@@ -825,11 +851,6 @@ def main(argv=None) -> int:
     batches = [int(b) for b in (args.batch or ("1,4,8" if cuda else "1,4")).split(",")]
     out = Path(args.json) if args.json else REPO / "bench" / f"results-{device}.json"
     spec = MODELS[args.model]
-    if args.compile:
-        from sdexp.config import TrainConfig
-
-        if "compile" not in TrainConfig.__dataclass_fields__:
-            print("note: sdexp has no train.compile option; --compile compiles the reference UNet only")
     builds = {}
     if args.build_only or not (model_folder(spec) / "model_index.json").exists():
         print(f"building {args.model} in {model_folder(spec)} ...", flush=True)
@@ -876,6 +897,8 @@ def main(argv=None) -> int:
             "precision": args.precision,
             "method": args.method,
             "gradient_checkpointing": args.gradient_checkpointing,
+            "compile": args.compile,
+            "channels_last": args.channels_last,
             "ref": ref,
             "sdexp": ours,
             **compare(ref, ours),

@@ -47,6 +47,7 @@ LOGGERS = ("wandb", "none")
 DEVICES = ("auto", "cpu", "cuda")
 MONITOR_MODES = ("min", "max")
 OPTIMIZERS = ("adamw", "adamw8bit", "adafactor", "prodigy")
+ADAMW_IMPLS = ("auto", "fused", "foreach", "for_loop")
 ADAPTERS = ("lora", "full")
 
 
@@ -203,10 +204,16 @@ class TrainConfig:
     adam_beta2: float = 0.999
     adam_epsilon: float = 1e-8
     optimizer: str = "adamw"  # adamw | adamw8bit (bitsandbytes, CUDA) | adafactor | prodigy
+    adamw_impl: str = "auto"  # auto = fused on CUDA, else foreach | fused | foreach | for_loop
     prodigy_d_coef: float = 1.0  # prodigy: scales its learning-rate estimate (use train.lr=1.0)
     max_grad_norm: float | None = 1.0
     mixed_precision: str = "no"
     gradient_checkpointing: bool = False
+    compile: bool = False  # regional torch.compile of the UNet (sdexp.methods.speedups)
+    channels_last: bool = False  # UNet and VAE in channels_last memory format
+    auto_batch: bool = (
+        False  # CUDA: the largest batch that fits, searched once per card and setup (sdexp.auto_batch)
+    )
     device: str = "auto"
     resolution: int | None = None  # null = model.resolution or the family's native one
     min_snr_gamma: float | None = None
@@ -505,6 +512,7 @@ def validate_train(t: TrainConfig, prefix: str = "train") -> None:
     positive(f"{prefix}.power", t.power)
     positive(f"{prefix}.weight_decay", t.weight_decay, allow_zero=True)
     choice(f"{prefix}.optimizer", t.optimizer, OPTIMIZERS)
+    choice(f"{prefix}.adamw_impl", t.adamw_impl, ADAMW_IMPLS)
     positive(f"{prefix}.prodigy_d_coef", t.prodigy_d_coef)
     positive(f"{prefix}.max_grad_norm", t.max_grad_norm, optional=True)
     choice(f"{prefix}.mixed_precision", t.mixed_precision, MIXED_PRECISION)

@@ -35,6 +35,27 @@ def check_optimizer(name: str, device: torch.device | str) -> None:
             raise ConfigError("train.optimizer: prodigy needs prodigyopt; `pip install prodigyopt`") from None
 
 
+FUSED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def adamw_implementation(param_groups: list[dict], setting: str) -> dict:
+    """torch AdamW's ``foreach``/``fused`` arguments for ``train.adamw_impl``.
+
+    ``auto`` is fused (one kernel for all tensors) when every parameter is a floating CUDA tensor,
+    else foreach (a few multi-tensor kernels). Both compute the per-tensor loop's update; the
+    order of floating-point operations differs, so weights agree to rounding, not bit for bit
+    (``for_loop`` is torch's CPU default before sdexp chose one)."""
+    params = [p for g in param_groups for p in g["params"]]
+    if setting == "auto":
+        cuda = bool(params) and all(p.is_cuda and p.dtype in FUSED_DTYPES for p in params)
+        setting = "fused" if cuda else "foreach"
+    if setting == "fused":
+        if not all(p.dtype in FUSED_DTYPES for p in params):
+            raise ConfigError("train.adamw_impl: fused needs floating-point parameters; use foreach")
+        return {"fused": True}
+    return {"foreach": setting == "foreach"}
+
+
 def build_optimizer(param_groups: list[dict], train_cfg) -> torch.optim.Optimizer:
     """``train.optimizer`` over ``param_groups`` (each may carry its own lr)."""
     t = train_cfg
@@ -45,6 +66,7 @@ def build_optimizer(param_groups: list[dict], train_cfg) -> torch.optim.Optimize
             betas=(t.adam_beta1, t.adam_beta2),
             eps=t.adam_epsilon,
             weight_decay=t.weight_decay,
+            **adamw_implementation(param_groups, t.adamw_impl),
         )
     if t.optimizer == "adamw8bit":
         import bitsandbytes as bnb

@@ -137,6 +137,10 @@ def train_run(
             raise ConfigError(
                 "train.early_stopping.patience: early stopping needs validation; set data.val_images > 0"
             )
+        if t.auto_batch and resume_from is None:  # a resumed run keeps the batch it started with
+            from sdexp.auto_batch import apply_auto_batch
+
+            apply_auto_batch(cfg, images=sum(module.train_dataset.repeats()), notify=notify)
         trainer = Trainer.from_config(t, run_dir, callbacks=list(callbacks))  # checks the device first
         trainer.resume_from = resume_from
         if trainer.device.type == "cpu" and t.mixed_precision == "bf16" and not cpu_has_native_bf16():

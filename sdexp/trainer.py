@@ -70,8 +70,47 @@ class TrainerState:
     resumed_from: str | None = None  # the checkpoint this fit started from (train.resume)
 
 
+class StepValues:
+    """Each step's logs, their tensors (loss, grad norm, a module's tensor logs) left on the device
+    until ``read``: one transfer for every step since the last read, so the loop never waits for
+    the device in between (a host sync mid-step serialises the host's kernel launches with the
+    device's work)."""
+
+    def __init__(self):
+        self.pending: list[tuple[int, dict]] = []
+
+    def add(self, step: int, logs: dict) -> None:
+        self.pending.append((step, logs))
+
+    def read(self) -> list[tuple[int, dict]]:
+        """The pending steps' logs, oldest first, every tensor as a float (its exact value)."""
+        tensors = [v for _, logs in self.pending for v in logs.values() if isinstance(v, torch.Tensor)]
+        numbers = iter(())
+        if tensors:
+            device = tensors[0].device
+            flat = torch.stack([t.detach().reshape(()).to(device, torch.float64) for t in tensors])
+            numbers = iter(flat.tolist())  # the one host sync
+        out = [
+            (step, {k: next(numbers) if isinstance(v, torch.Tensor) else v for k, v in logs.items()})
+            for step, logs in self.pending
+        ]
+        self.pending.clear()
+        return out
+
+
+def plain(logs: dict) -> dict:
+    """The entries of ``logs`` that need no device read (epoch, learning rates, counters)."""
+    return {k: v for k, v in logs.items() if not isinstance(v, torch.Tensor)}
+
+
 class Trainer:
-    """Runs ``module`` for ``max_steps`` optimizer steps on one accelerate ``Accelerator``."""
+    """Runs ``module`` for ``max_steps`` optimizer steps on one accelerate ``Accelerator``.
+
+    Logged tensors (``train/loss``, ``train/grad_norm``, a module's tensor logs) are read from the
+    device every ``log_every`` steps, at the last step and before validation or a checkpoint; the
+    finiteness check of the loss runs at those reads, over every step since the previous one. In
+    between, callbacks get the step's other logs only.
+    """
 
     def __init__(
         self,
@@ -167,7 +206,8 @@ class Trainer:
             self._run_validation()  # step 0: the base, before callbacks start (scoring reads it)
         self._call("on_train_start")
         state.loop_started = time.time()
-        loss_sum, micro = 0.0, 0
+        values = StepValues()
+        loss_sum, micro = None, 0
         while state.step < self.max_steps and not self.should_stop:
             module.on_train_epoch_start(state.epoch)
             if hasattr(dataloader, "set_epoch"):  # accelerate's loader counts epochs itself
@@ -186,16 +226,14 @@ class Trainer:
                 state.batches_in_epoch += 1
                 with self.accelerator.accumulate(*trainable):
                     out = module.training_step(batch, state.step)
-                    loss_value = float(out.loss.detach())  # the step's one host sync
-                    if not math.isfinite(loss_value):
-                        raise FloatingPointError(f"loss is {loss_value} at step {state.step + 1}")
                     self.accelerator.backward(out.loss)
                     grad_norm = None
                     if self.accelerator.sync_gradients and self.max_grad_norm:
                         grad_norm = self.accelerator.clip_grad_norm_(params, self.max_grad_norm)
                     optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
-                loss_sum += loss_value
+                loss = out.loss.detach().double()  # float64 on the device: the sum a float sum was
+                loss_sum = loss if loss_sum is None else loss_sum + loss
                 micro += 1
                 if not self.accelerator.sync_gradients:
                     continue
@@ -204,10 +242,15 @@ class Trainer:
                 module.on_train_batch_end(state.step)
                 logs = {"train/loss": loss_sum / micro, "train/epoch": state.epoch, **out.logs}
                 if grad_norm is not None:
-                    logs["train/grad_norm"] = float(grad_norm)
+                    logs["train/grad_norm"] = grad_norm
                 for group in optimizer.param_groups:
                     logs[f"train/lr/{group.get('name', 'default')}"] = group["lr"]
-                loss_sum, micro = 0.0, 0
+                loss_sum, micro = None, 0
+                values.add(state.step, logs)
+                read = state.step >= self.max_steps or any(
+                    self._due(every) for every in (self.log_every, self.val_every, self.checkpoint_every)
+                )
+                logs = self._read_logs(values) if read else plain(logs)
                 state.last_logs = logs
                 self._call("on_train_step_end", logs)
                 if self._due(self.val_every) and not self._due(self.checkpoint_every):
@@ -219,6 +262,8 @@ class Trainer:
                     break
             state.epoch += 1
             state.batches_in_epoch = 0
+        if values.pending:  # stopped between reads (a callback): check and keep the last step's logs
+            state.last_logs = self._read_logs(values)
         state.loop_ended = time.time()
         if state.stop_reason is None:
             state.stop_reason = "max_steps" if state.step >= self.max_steps else "stopped"
@@ -228,6 +273,17 @@ class Trainer:
         state.train_seconds = time.perf_counter() - state.started_at
         self._call("on_train_end")
         return state
+
+    def _read_logs(self, values: StepValues) -> dict:
+        """The newest step's logs, read with every pending step's; a non-finite loss stops the run,
+        naming its step (the run's step count goes back to the last finite one)."""
+        logs = {}
+        for step, logs in values.read():
+            loss = logs.get("train/loss")
+            if loss is not None and not math.isfinite(loss):
+                self.state.step = step - 1
+                raise FloatingPointError(f"loss is {loss} at step {step}")
+        return logs
 
     def _due(self, every: int) -> bool:
         return bool(every) and self.state.step % every == 0

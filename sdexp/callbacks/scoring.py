@@ -107,8 +107,10 @@ class CheckpointScoring(Callback):
         if key in _BASE_SCORES:
             result = _BASE_SCORES[key]
         else:
+            # A module that does not say whether its text encoders train is taken to train them.
+            frozen_text = not getattr(module, "text_encoder_trains", True)
             with isolated_rng(trainer.device), module.inference_pipeline(self.evaluator.cfg.sampler) as pipe:
-                result = self.evaluator.evaluate(pipe)
+                result = self.evaluator.evaluate(pipe, frozen_text=frozen_text)
             if key is not None:
                 _BASE_SCORES[key] = result
         seconds = time.perf_counter() - started

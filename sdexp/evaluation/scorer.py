@@ -133,6 +133,7 @@ class Evaluator:
         self._reference_dino = self.dino.encode_images(self.references) if self.dino else None
         self._reference_fid = self._fid_features(self.references) if cfg.fid else None
         self.base_seconds = 0.0  # generating the base's prior images (0 when they were cached)
+        self._prompt_encodings: dict = {}  # see evaluate(frozen_text=True)
 
     def _fid_features(self, images) -> np.ndarray:
         if self.inception is not None:
@@ -184,11 +185,19 @@ class Evaluator:
         return self._base_prior
 
     @torch.no_grad()
-    def evaluate(self, pipe) -> Evaluation:
-        """Generate both prompt sets with ``pipe`` and score them."""
+    def evaluate(self, pipe, *, frozen_text: bool = False) -> Evaluation:
+        """Generate both prompt sets with ``pipe`` and score them. ``frozen_text``: the pipeline's
+        text encoders are the run's frozen ones (no LoRA or new token trains them), so the prompt
+        encodings of the first scoring serve every later one."""
+        from contextlib import nullcontext
+
+        from sdexp.evaluation.prompt_cache import cached_prompt_encodings
+
         started = time.perf_counter()
-        subject = self.generate(pipe, self.subject_prompts, self.subject_seeds)
-        prior = self.generate(pipe, self.prior_prompts, self.prior_seeds) if self.prior_prompts else []
+        cache = cached_prompt_encodings(pipe, self._prompt_encodings) if frozen_text else nullcontext()
+        with cache:
+            subject = self.generate(pipe, self.subject_prompts, self.subject_seeds)
+            prior = self.generate(pipe, self.prior_prompts, self.prior_seeds) if self.prior_prompts else []
         result = self.score(subject, prior)
         result.seconds = time.perf_counter() - started
         return result

@@ -19,7 +19,7 @@ class StepOutput:
     """What ``training_step`` returns: the loss to back-propagate and values to log."""
 
     loss: torch.Tensor
-    logs: dict[str, float] = field(default_factory=dict)
+    logs: dict[str, float | torch.Tensor] = field(default_factory=dict)  # tensors: read at log steps
 
 
 class TrainingModule:

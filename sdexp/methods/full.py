@@ -30,6 +30,11 @@ class FullModule(StableDiffusionModule):
     def text_encoder_trains(self) -> bool:
         return bool(getattr(self.cfg.method, "train_text_encoder", False))
 
+    @property
+    def gives_base_back(self) -> bool:
+        """Its UNet (and text encoders) train in place: a sweep never lends this base again."""
+        return False
+
     def configure_adapters(self) -> None:
         from diffusers.training_utils import EMAModel
 

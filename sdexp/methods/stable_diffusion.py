@@ -23,9 +23,11 @@ from sdexp.methods.diffusion import (
     sample_noise,
     sample_timesteps,
 )
+from sdexp.methods.speedups import as_memory_format, check_compile, compile_blocks, set_memory_format
 from sdexp.methods.training_data import TrainingData
+from sdexp.models.base_pool import POOL
 from sdexp.models.conditioning import Conditioning
-from sdexp.models.loading import DTYPES, BaseModel, load_base
+from sdexp.models.loading import DTYPES, BaseModel
 
 VALIDATION_SEED_OFFSET = 1_000_003  # keeps validation noise apart from training noise
 
@@ -50,6 +52,8 @@ class StableDiffusionModule(TrainingData, TrainingModule):
         self._token_cache: dict[str, tuple[torch.Tensor, ...]] = {}
         self._unet_call = None  # set once accelerate has prepared it
         self._text_encoder_calls: tuple = ()
+        self._channels_last = False  # train.channels_last, set in setup
+        self._loss_fn = None  # the compiled per-sample loss under train.compile (None: per_sample_loss)
         self.latent_cache = self.text_cache = None  # on-disk encodings (data.cache), set in setup
         self._text_memo: dict[str, Conditioning] = {}
         self.cache_stats = {"latents_encoded": 0, "latents_from_cache": 0}
@@ -70,21 +74,11 @@ class StableDiffusionModule(TrainingData, TrainingModule):
         cfg = self.cfg
         if self.train_dataset is None:
             self.load_data()
+        check_compile(cfg.train.compile, trainer.device)
         weight_dtype = self.weight_dtype = resolve_weight_dtype(cfg.model.dtype, cfg.train.mixed_precision)
-        self.base = load_base(
-            cfg.model.path or cfg.model.name,
-            family=cfg.model.family,
-            variant=cfg.model.variant,
-            dtype=weight_dtype,
-            prediction_type=cfg.model.prediction_type,
-            zero_terminal_snr=cfg.train.zero_terminal_snr,
-            allow_pickle=cfg.model.allow_pickle,
-            vae=cfg.model.vae,
-            vae_dtype=cfg.model.vae_dtype,
-        )
         device = trainer.device
-        for module in self.base.modules:
-            module.to(device)
+        # A sweep worker lends the base it already holds (sdexp.models.base_pool); else it loads.
+        self.base = POOL.borrow(cfg, weight_dtype, device, keeps_base=self.gives_base_back)
         if getattr(self.cfg.method, "name", None) == "dreambooth":
             self._warn_about_token()
         if self.user_class_records:
@@ -97,6 +91,11 @@ class StableDiffusionModule(TrainingData, TrainingModule):
             if self.text_encoder_trains:
                 for encoder in self.base.text_encoders:
                     encoder.gradient_checkpointing_enable()
+        self._channels_last = cfg.train.channels_last
+        set_memory_format((self.base.unet, self.base.vae), self._channels_last)
+        if cfg.train.compile:
+            compile_blocks(self.base.unet)
+            self._loss_fn = torch.compile(per_sample_loss)
         self._generator = torch.Generator(device=device).manual_seed(cfg.train.seed)
         # diffusers' `.dtype` walks every submodule on each read (ms per step): read it once.
         self._unet_dtype = self.base.unet.dtype
@@ -117,6 +116,12 @@ class StableDiffusionModule(TrainingData, TrainingModule):
     @property
     def text_encoder_trains(self) -> bool:
         return False
+
+    @property
+    def gives_base_back(self) -> bool:
+        """Whether the base's own weights stay as loaded (adapters only), so a sweep worker can
+        lend it to the next trial; a method training them (full fine-tune) says False."""
+        return True
 
     # ----- encoding -----------------------------------------------------------------------
     def token_ids(self, captions: list[str]) -> tuple[torch.Tensor, ...]:
@@ -174,26 +179,30 @@ class StableDiffusionModule(TrainingData, TrainingModule):
         """VAE latent-distribution parameters [B, 2C, h, w] of one half of a batch: cached rows as
         they are, the others encoded now (and cached under their keys)."""
         device, vae = self.trainer.device, self.base.vae
-        rows: dict[int, torch.Tensor] = {}
         pixel_at, latent_at = batch[f"{prefix}pixel_at"], batch[f"{prefix}latent_at"]
+        self.cache_stats["latents_encoded"] += len(pixel_at)
+        self.cache_stats["latents_from_cache"] += len(latent_at)
+        encoded = cached = None
         if pixel_at:
             pixels = batch[f"{prefix}pixel_values"].to(device, dtype=self._vae_dtype)
             with torch.no_grad():
-                params = vae.encode(pixels).latent_dist.parameters
-            for position, key, row in zip(pixel_at, batch[f"{prefix}cache_key"], params, strict=True):
-                rows[position] = row
-                if key is not None and self.latent_cache is not None:
-                    self.latent_cache.put(key, row)
+                encoded = vae.encode(as_memory_format(pixels, self._channels_last)).latent_dist.parameters
+            if self.latent_cache is not None:
+                for key, row in zip(batch[f"{prefix}cache_key"], encoded, strict=True):
+                    if key is not None:
+                        self.latent_cache.put(key, row)
         if latent_at:
             cached = batch[f"{prefix}latent_params"].to(device, dtype=self._vae_dtype)
-            rows.update(zip(latent_at, cached, strict=True))
-        self.cache_stats["latents_encoded"] += len(pixel_at)
-        self.cache_stats["latents_from_cache"] += len(latent_at)
+        if cached is None or encoded is None:  # one source, already in the batch's order
+            # contiguous as a stacked batch is: the loss's reductions then sum in the same order
+            return (encoded if cached is None else cached).contiguous()
+        rows = dict(zip(pixel_at, encoded, strict=True)) | dict(zip(latent_at, cached, strict=True))
         return torch.stack([rows[i] for i in range(len(rows))])
 
     def _predict(self, noisy: torch.Tensor, timesteps: torch.Tensor, cond: Conditioning) -> torch.Tensor:
         dtype = self._unet_dtype
-        return self._unet_call(noisy.to(dtype), timesteps, **cond.unet_kwargs(dtype)).sample
+        noisy = as_memory_format(noisy.to(dtype), self._channels_last)
+        return self._unet_call(noisy, timesteps, **cond.unet_kwargs(dtype)).sample
 
     # ----- steps --------------------------------------------------------------------------
     def training_step(self, batch: dict, step: int) -> StepOutput:
@@ -210,7 +219,9 @@ class StableDiffusionModule(TrainingData, TrainingModule):
                 # One UNet call over instance and class images together, as DreamBooth trains.
                 both = Conditioning.cat([cond, class_cond])
                 if mask is not None:  # class images learn everywhere
-                    full = torch.full((len(class_params), *mask.shape[1:]), 255, dtype=mask.dtype)
+                    full = torch.full(
+                        (len(class_params), *mask.shape[1:]), 255, dtype=mask.dtype, device=mask.device
+                    )
                     mask = torch.cat([mask, full])
                 losses = self._denoising_losses(torch.cat([params, class_params]), both, mask)
                 instance, prior = losses[:n], losses[n:]
@@ -222,9 +233,9 @@ class StableDiffusionModule(TrainingData, TrainingModule):
         weights = batch["loss_weight"].to(instance.device, instance.dtype)
         loss = (instance * weights).mean()
         logs = self._concept_counts(batch["concept"])
-        if prior is not None:
-            logs["train/instance_loss"] = float(instance.detach().mean())
-            logs["train/prior_loss"] = float(prior.detach().mean())
+        if prior is not None:  # tensors: the trainer reads them with the loss, once per log step
+            logs["train/instance_loss"] = instance.detach().mean()
+            logs["train/prior_loss"] = prior.detach().mean()
             loss = loss + self.prior_loss_weight * prior.mean()
         return StepOutput(loss=loss, logs=logs)
 
@@ -247,7 +258,7 @@ class StableDiffusionModule(TrainingData, TrainingModule):
         if mask is not None:
             size = latents.shape[-2:]
             weights = mask_weights(mask.to(latents.device), size, self.cfg.data.mask.unmasked_weight)
-        return per_sample_loss(pred, target, timesteps, sched, t.min_snr_gamma, weights)
+        return (self._loss_fn or per_sample_loss)(pred, target, timesteps, sched, t.min_snr_gamma, weights)
 
     def val_batches_expected(self) -> bool:
         """Whether validation will have data (known after ``load_data``, before models load)."""
@@ -359,7 +370,8 @@ class StableDiffusionModule(TrainingData, TrainingModule):
 
     @torch.no_grad()
     def sample_images(self, prompts: list[str], seed: int) -> list:
-        """One image per prompt from seed ``seed + i``, in an isolated RNG."""
+        """One image per prompt from seed ``seed + i``, in an isolated RNG, in batches of
+        ``eval.batch_size`` (each image from its own generator: batching does not change it)."""
         from sdexp.base_generations import SamplingSettings, generate_images
         from sdexp.rng import isolated_rng
 
@@ -368,11 +380,13 @@ class StableDiffusionModule(TrainingData, TrainingModule):
             sampler=t.sample_scheduler, steps=t.sample_steps, guidance=t.sample_guidance
         )
         device = self.trainer.device
+        seeds, batch = [seed + i for i in range(len(prompts))], self.cfg.eval.batch_size
+        images = []
         with isolated_rng(device), self.inference_pipeline(t.sample_scheduler) as pipe:
-            return [
-                generate_images(pipe, [prompt], [seed + i], settings, self.resolution)[0]
-                for i, prompt in enumerate(prompts)
-            ]
+            for i in range(0, len(prompts), batch):
+                chunk = slice(i, i + batch)
+                images += generate_images(pipe, prompts[chunk], seeds[chunk], settings, self.resolution)
+        return images
 
     def on_save_checkpoint(self, ckpt_dir: Path, step: int) -> dict[str, Path]:
         raise NotImplementedError

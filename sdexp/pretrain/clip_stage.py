@@ -111,9 +111,7 @@ class ClipPretrainModule(TrainingModule):
         loss = soft_contrastive_loss(logits, groups)
         with torch.no_grad():
             self.model.logit_scale.clamp_(0, math.log(100.0))
-        return StepOutput(
-            loss=loss, logs={"train/temperature": float(1.0 / self.model.logit_scale.detach().exp())}
-        )
+        return StepOutput(loss=loss, logs={"train/temperature": 1.0 / self.model.logit_scale.detach().exp()})
 
     def val_batches(self) -> list:
         return fixed_batches(self.images.val, 256)

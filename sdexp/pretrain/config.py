@@ -159,3 +159,8 @@ def validate_pretrain(cfg: PretrainConfig) -> None:
     positive("data.workers", cfg.data.workers, allow_zero=True)
     for stage in STAGES:
         validate_train(getattr(cfg, stage), prefix=stage)
+        for key in ("compile", "channels_last"):  # applied by fine-tuning's setup only: refused, not ignored
+            if getattr(getattr(cfg, stage), key):
+                raise ConfigError(f"{stage}.{key}: fine-tuning runs only; pretraining stages run eager")
+        if getattr(cfg, stage).auto_batch:  # searched by fine-tuning's train_run only: refused, not ignored
+            raise ConfigError(f"{stage}.auto_batch: fine-tuning runs only; set {stage}.batch_size")

@@ -87,7 +87,7 @@ class VaePretrainModule(TrainingModule):
     def training_step(self, batch, step: int) -> StepOutput:
         mse, kl = self._losses(batch, self._generator)
         loss = mse + self.objective.kl_weight * kl
-        return StepOutput(loss=loss, logs={"train/mse": float(mse.detach()), "train/kl": float(kl.detach())})
+        return StepOutput(loss=loss, logs={"train/mse": mse.detach(), "train/kl": kl.detach()})
 
     def val_batches(self) -> list:
         return fixed_batches(self.images.val, 128)

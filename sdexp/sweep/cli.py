@@ -44,6 +44,12 @@ from sdexp.errors import ConfigError, UserError
         arg("--timeout-minutes", type=float, default=None, help="stop starting trials after this long"),
         arg("--no-report", action="store_true", help="do not write the HTML report at the end"),
         arg(
+            "--no-reuse-base",
+            action="store_true",
+            help="load the base model afresh for every trial instead of lending one loaded base to "
+            "trial after trial (restored and checked in between); for debugging",
+        ),
+        arg(
             "--resume-trials",
             action="store_true",
             help="trials save their training state at each checkpoint, and a trial whose worker was "
@@ -72,6 +78,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         extra_overrides=list(args.overrides),
         storage=args.storage,
         resume_trials=args.resume_trials,
+        reuse_base=not args.no_reuse_base,
     )
     info, study = runner.prepare()
     print(f"sweep folder: {runner.sweep_dir}\nstudy: {info.study_name} in {info.storage}")

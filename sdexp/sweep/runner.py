@@ -25,6 +25,7 @@ from pathlib import Path
 from sdexp.atomic import atomic_write_bytes
 from sdexp.callbacks.base import Callback
 from sdexp.errors import ConfigError, UserError
+from sdexp.models.base_pool import POOL, reusing_bases
 from sdexp.quiet import quiet_optuna
 from sdexp.sweep.definition import SweepDefinition, check_composes, format_value, trial_overrides
 from sdexp.sweep.layout import (
@@ -206,8 +207,10 @@ class SweepRunner:
         storage: str | None = None,
         notify=print,
         resume_trials: bool = False,
+        reuse_base: bool = True,
     ):
         self.definition, self.extra = definition, list(extra_overrides)
+        self.reuse_base = reuse_base  # one loaded base lent to trial after trial (models/base_pool.py)
         self.resume_trials = resume_trials  # retried trials go on from their checkpoint (resume_trials.py)
         self.sweep_dir = Path(sweep_dir).resolve()
         self.requested_storage = storage
@@ -359,6 +362,23 @@ class SweepRunner:
         timeout = timeout_minutes if timeout_minutes is not None else d.timeout_minutes
         deadline = time.time() + 60 * timeout if timeout else None
         max_failures = d.max_failures or self.info.n_trials
+        with reusing_bases(self.reuse_base):
+            stopped, on_failures = self._loop(deadline, timeout, max_failures)
+        c = self._counts()
+        failed_out = on_failures and c[TrialState.COMPLETE] + c[TrialState.PRUNED] == 0
+        if failed_out:
+            stopped = f"sweep {self.info.name}: {stopped}"
+        else:
+            self.notify(f"sweep {self.info.name}: {stopped}")
+        return SweepOutcome(
+            c[TrialState.COMPLETE], c[TrialState.PRUNED], c[TrialState.FAIL], stopped, failed_out
+        )
+
+    def _loop(self, deadline: float | None, timeout: float | None, max_failures: int) -> tuple[str, bool]:
+        """Run trials until one of ``run``'s reasons to stop: (why, whether on failures)."""
+        from optuna.trial import TrialState
+
+        d = self.definition
         ran, failures, streak = 0, [], []  # failures: (trial number, error); streak: since the last success
         stopped, on_failures = "", False
         while True:
@@ -378,15 +398,7 @@ class SweepRunner:
                 streak.append((trial.number, error))
             else:
                 streak.clear()
-        c = self._counts()
-        failed_out = on_failures and c[TrialState.COMPLETE] + c[TrialState.PRUNED] == 0
-        if failed_out:
-            stopped = f"sweep {self.info.name}: {stopped}"
-        else:
-            self.notify(f"sweep {self.info.name}: {stopped}")
-        return SweepOutcome(
-            c[TrialState.COMPLETE], c[TrialState.PRUNED], c[TrialState.FAIL], stopped, failed_out
-        )
+        return stopped, on_failures
 
     def _same_error(self, streak: list[tuple[int, str]]) -> bool:
         """The last SAME_ERROR_STREAK trials failed alike and no trial of the study has finished."""
@@ -457,6 +469,10 @@ class SweepRunner:
                         ]
                     )
                     result = train_run(cfg, run_dir, notify=self.notify, callbacks=callbacks)
+                # The base goes back restored and checked now, so the next trial borrows a sound one.
+                dropped = POOL.release()
+                if dropped:
+                    self.notify(f"trial {number}: the base will be reloaded for the next trial: {dropped}")
         except KeyboardInterrupt:
             trial.set_user_attr(
                 "error", "KeyboardInterrupt: stopped by the user; the next invocation reruns it"
@@ -484,9 +500,11 @@ class SweepRunner:
             violation = float(best["metrics"].get(f"objective/{info.objectives[0]}/violation", 0.0))
         trial.set_user_attr("violation", violation)
         trial.set_constraint("violation", violation)  # constraint-aware samplers (TPE, NSGA-II) read it
+        pool = {k: round(v, 3) for k, v in POOL.last.items() if k.endswith("_seconds")}
+        trial.set_user_attr("base_reused", bool(POOL.last.get("reused")))
         trial.set_user_attr(
             "seconds",
-            {**timings, "eval": evaluation, "total": round(time.time() - started, 3)},
+            {**timings, "eval": evaluation, **pool, "total": round(time.time() - started, 3)},
         )
         if pruning is not None and pruning.pruned_step is not None:
             trial.set_user_attr("pruned_step", pruning.pruned_step)

@@ -103,6 +103,34 @@ def shrink_sweep(raw: dict, trials: int = 2) -> dict:
     return out
 
 
+# Values a CPU cannot run, and what the matrix runs there instead (the rest of the preset as shipped);
+# tests/test_memory_presets.py checks the shipped values themselves.
+CPU_STAND_INS = {"train.optimizer": {"adamw8bit": "adamw"}}  # bitsandbytes' 8-bit AdamW is CUDA-only
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def cpu_stand_ins(group: str, preset: str) -> list[str]:
+    """Overrides that swap a preset's CUDA-only values for their CPU stand-ins ([] for most)."""
+    path = CONF / group / f"{preset}.yaml"
+    raw = yaml.safe_load(path.read_text()) or {}
+    raw.pop("defaults", None)
+    tree = raw if path.read_text().startswith("# @package _global_") else {group: raw}
+    return [
+        f"{key}={CPU_STAND_INS[key][value]}"
+        for key, value in _flat(tree).items()
+        if key in CPU_STAND_INS and value in CPU_STAND_INS[key]
+    ]
+
+
 # The tiny model that stands in for each family's real one (tiny_shapes learns and has a CLIP judge).
 STAND_INS = {"sd1": "tiny_shapes", "sd2": "tiny_sd2", "sdxl": "tiny_sdxl"}
 JUDGE = "eval.clip=tiny_shapes"  # the tiny_shapes CLIP judges any tiny model's images

@@ -22,6 +22,7 @@ from shipped import (
     METHOD_INPUTS,
     STAND_INS,
     SWEEP_EVAL,
+    cpu_stand_ins,
     model_family,
     options,
     shipped_sweeps,
@@ -131,13 +132,44 @@ def test_model_preset(preset, dog, checkpoint_files, tmp_path):
     )
 
 
-@pytest.mark.parametrize("group,preset", [(g, p) for g in ("train", "data") for p in options(g)])
+PRESETS = [(g, p) for g in ("train", "data") for p in options(g)]
+
+
+@pytest.mark.parametrize(
+    "group,preset",
+    PRESETS,
+    ids=[f"{g}-{p}" + ("-cpu-stand-in" if cpu_stand_ins(g, p) else "") for g, p in PRESETS],
+)
 def test_train_and_data_presets(group, preset, dog, tmp_path):
-    _, result, _ = _run(
-        ["model=tiny_shapes", f"{group}={preset}", "eval=none", f"data.dir={dog}", *small_run("lora")],
+    """Each preset as shipped, except a value only CUDA runs (ids ending -cpu-stand-in): that one key
+    takes its CPU stand-in (shipped.CPU_STAND_INS; e.g. adamw8bit -> adamw), as the test id says."""
+    swaps = cpu_stand_ins(group, preset)
+    cfg, result, _ = _run(
+        [
+            "model=tiny_shapes",
+            f"{group}={preset}",
+            "eval=none",
+            f"data.dir={dog}",
+            *small_run("lora"),
+            *swaps,
+        ],
         tmp_path / "run",
     )
     assert result.steps == 2
+    shipped = _run_config_of(group, preset)
+    for field in ("train", "data", "model"):  # everything but the swapped keys is the preset's
+        ours, theirs = getattr(cfg, field), getattr(shipped, field)
+        differs = {k for k in vars(theirs) if getattr(ours, k) != getattr(theirs, k)}
+        allowed = {s.split("=")[0].split(".")[1] for s in swaps if s.startswith(f"{field}.")}
+        allowed |= {"steps", "val_timesteps", "val_images", "dir"}  # small_run and the data folder
+        assert differs <= allowed, (field, differs - allowed)
+
+
+def _run_config_of(group: str, preset: str):
+    """The preset composed as a user gets it (on the same model, data and logger as the run)."""
+    from sdexp.entry import compose_run_config
+
+    return compose_run_config(["model=tiny_shapes", f"{group}={preset}", "eval=none", "logger=none"])
 
 
 def test_every_config_group_is_in_the_matrix():

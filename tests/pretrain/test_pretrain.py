@@ -113,6 +113,7 @@ def test_a_left_out_stage_must_exist(world, tmp_path):
         ("objective.prediction_type=sample", "objective.prediction_type"),
         ("+clip.extra=1", "clip.extra"),
         ("clip.nope=1", "clip.nope"),
+        ("unet.auto_batch=true", "unet.auto_batch"),  # run.py's search; a stage would ignore it
         ("arch=huge", "arch=huge: no such option; choose one of small, tiny"),
     ],
 )
