@@ -1,7 +1,7 @@
 """LoHa and LoKr (peft) written as LyCORIS files, the format AUTOMATIC1111 and ComfyUI read, and read back.
 
-A LyCORIS file uses kohya's module names (``lora_unet_…``, ``lora_te_…``; SDXL's UNet by its SGM
-names) with the algorithm's tensors under each name:
+A LyCORIS file uses the kohya module names the family gives (its UNet and text-encoder prefixes;
+SDXL's UNet by its SGM names) with the algorithm's tensors under each name:
 
 - LoHa: ``NAME.hada_w1_a`` (out, r), ``.hada_w1_b`` (r, in), ``.hada_w2_a``, ``.hada_w2_b``,
   ``.alpha``; ΔW = (w1_a @ w1_b) ⊙ (w2_a @ w2_b) · alpha / r, reshaped to the layer's weight

@@ -60,6 +60,7 @@ class StableDiffusionModule(TrainingData, TrainingModule):
         self.class_images_generated = 0
         self.concepts: list = []  # set by load_data (a from-scratch stage has its own data)
         self.user_class_records: dict = {}
+        self.masked_images = 0  # training images with a mask (set by load_data; run.json)
         self.images_seen: Counter[int] = Counter()  # per concept index, logged with several concepts
 
     # ----- set-up -------------------------------------------------------------------------

@@ -34,6 +34,7 @@ class TrainingData:
                 policy.check(record.caption, where=f"the caption of {record.path}")
             records += found
             concept_of += [index] * len(found)
+        self.masked_images = sum(r.mask is not None for r in records)
         self.train_dataset = ConceptDataset(
             ImageCaptionDataset(records, **self._image_options(crop, d.flip)),
             concept_of,
@@ -190,9 +191,8 @@ class TrainingData:
             info["cache"]["text_encoded"] = self.text_cache.stored
         if self.user_class_records:
             info["class_images_generated"] = self.class_images_generated
-        masked = sum(r.mask is not None for r in self.train_dataset.records)
-        if masked:
-            info["masked_images"] = masked
+        if self.masked_images:
+            info["masked_images"] = self.masked_images
         return info
 
     def train_dataloader(self):

@@ -5,12 +5,12 @@ best/. Random crops and flips, a mid-epoch checkpoint and (full fine-tune) EMA a
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from killed_run_env import child_env
 
 from sdexp.errors import UserError
 from sdexp.resume import main as resume_main
@@ -28,6 +28,10 @@ LORA = [*COMMON, "method.targets=all", "train.lr=1e-3"]
 FINETUNE = [*COMMON, "method=finetune", "method.ema_decay=0.9", "train.lr=1e-3"]
 KILL_AT = 5  # the end of step 5: after checkpoint 4, with step 5's rows already in metrics.jsonl
 
+# The in-process reference and the killed/resumed children must compute with the same thread count
+# (one) for their weights to agree to the byte.
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 @pytest.fixture(autouse=True)
 def _fixed_date(monkeypatch):
@@ -39,7 +43,7 @@ def _killed_run(overrides: list[str], run_dir: Path) -> subprocess.CompletedProc
     proc = subprocess.run(
         [sys.executable, str(KILLED_RUN), str(KILL_AT), "run.py", *overrides, f"hydra.run.dir={run_dir}"],
         cwd=REPO,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        env=child_env(),
         capture_output=True,
         text=True,
         stdin=subprocess.DEVNULL,
@@ -95,7 +99,7 @@ def test_a_killed_lora_run_resumed_with_run_py_matches_an_uninterrupted_one(tmp_
 
     proc = subprocess.run(
         [sys.executable, "run.py", "--resume", str(killed)],
-        cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+        cwd=REPO, env=child_env(), capture_output=True, text=True,
         stdin=subprocess.DEVNULL, timeout=600,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]

@@ -4,13 +4,13 @@ exactly n_trials finished. Real `sdexp sweep` processes."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from killed_run_env import child_env
 
 from sdexp.sweep.layout import load_study
 from sdexp.tracking.run_folder import read_metrics
@@ -43,7 +43,7 @@ def _sweep(tmp_path, images, out, *, kill_at: int | None = None) -> subprocess.C
     command = [str(KILLED_RUN), str(kill_at), "sdexp"] if kill_at else ["-m", "sdexp.cli"]
     return subprocess.run(
         [sys.executable, *command, *args],
-        cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+        cwd=REPO, env=child_env(), capture_output=True, text=True,
         stdin=subprocess.DEVNULL, timeout=600,
     )  # fmt: skip
 
