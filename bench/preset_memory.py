@@ -158,13 +158,17 @@ def main(argv=None) -> int:
     from sdexp.quiet import quiet_libraries
 
     quiet_libraries()
-    result = run(args)
+    print_and_save(run(args), args.json)
+    return 0
+
+
+def print_and_save(result: dict, path: str | None) -> None:
+    """Print the result as JSON and, with ``path``, write it there too (gpu_check.sh collects them)."""
     text = json.dumps(result, indent=2)
     print(text)
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(text)
-    return 0
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(text)
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ for _path in (REPO, BENCH):
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 
-from preset_memory import write_photos  # noqa: E402
+from preset_memory import print_and_save, write_photos  # noqa: E402
 from step import MODELS, arch_dir, build_model  # noqa: E402
 
 SWEEP = REPO / "sweeps" / "lora_tpe.yaml"
@@ -145,11 +145,7 @@ def main(argv=None) -> int:
 
     quiet_libraries()
     result = run(args)
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(text)
+    print_and_save(result, args.json)
     return 0 if result["failed"] == 0 and result["trials"] else 1
 
 
