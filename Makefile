@@ -13,8 +13,8 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q $(TORCH) 2>&1 | grep -v "is ignored" || true
-	$(BIN)/python -m pip install -q -e ".[dev]" 2>&1 | grep -v "is ignored" || true
-	$(BIN)/python -c "import sdexp, torch, diffusers, peft, hydra, wandb, cleanfid, open_clip, optuna, prodigyopt" && touch $(STAMP)
+	$(BIN)/python -m pip install -q -e ".[dev,postgres]" 2>&1 | grep -v "is ignored" || true
+	$(BIN)/python -c "import sdexp, torch, diffusers, peft, hydra, wandb, cleanfid, open_clip, optuna, prodigyopt, psycopg, submitit, tensorboard, torchmetrics, plotly, optuna_dashboard, playwright" && touch $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/python -m sdexp.demo demo-out
@@ -22,6 +22,7 @@ demo: $(STAMP)
 # Test files run on JOBS processes (pytest-xdist), one torch thread each: on 2 cores about twice as fast.
 JOBS ?= 2
 test: $(STAMP)
+	tools/install_test_services.sh
 	$(BIN)/python -m pytest -q -n $(JOBS) --dist loadfile
 
 lint: $(STAMP)
