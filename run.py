@@ -24,10 +24,38 @@ def main(cfg: DictConfig) -> None:
     run_from_hydra(cfg)
 
 
+# What Hydra creates for a process beside the main one under torchrun: nothing (no run folder, no
+# .hydra/, no log file); it trains in the main process's folder (sdexp.run.run_from_hydra).
+NO_HYDRA_FOLDER = ["hydra.run.dir=.", "hydra.output_subdir=null", "hydra/job_logging=disabled"]
+
+
+def several_processes(argv: list[str]) -> list[str]:
+    """``argv`` for this process of a ``torchrun``/``accelerate launch`` run: one run, one folder."""
+    from sdexp.distributed import is_launched_main, launched_processes
+
+    if launched_processes() == 1:
+        return argv
+    if "-m" in argv or "--multirun" in argv:
+        from sdexp.errors import ConfigError, report_and_exit
+
+        report_and_exit(
+            ConfigError(
+                "-m: torchrun trains one run on several processes; for a grid of runs, each on several "
+                "GPUs, use sdexp sweep --gpus-per-trial N"
+            ),
+            prefix="sdexp: bad config",
+        )
+    if is_launched_main():
+        return argv
+    keys = tuple(o.split("=", 1)[0] + "=" for o in NO_HYDRA_FOLDER)
+    return [a for a in argv if not a.startswith(keys)] + NO_HYDRA_FOLDER
+
+
 if __name__ == "__main__":
     from sdexp.resume import main as resume
 
     if resume(sys.argv[1:]):  # --resume: the run's own config, not a new composition (no Hydra folder)
         sys.exit(0)
+    sys.argv[1:] = several_processes(sys.argv[1:])
     check_config(sys.argv[1:])
     main()

@@ -1,1 +1,1 @@
-"""Reading sweeps and runs back: the HTML report (`sdexp report`), SVG charts. Installed with sdexp."""
+"""Reading sweeps and runs back: the HTML report (`sdexp report`, plotly charts). Installed with sdexp."""

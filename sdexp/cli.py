@@ -26,6 +26,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "sdexp.sweep.cli",
     "sdexp.data.caption_cli",
     "sdexp.data.cli",
+    "sdexp.grid.cli",  # `sdexp grid`
+    "sdexp.dashboard",  # `sdexp dashboard`
     "analysis.cli",  # `sdexp report`; analysis/ is installed with sdexp
 )
 

@@ -43,7 +43,7 @@ PREDICTION_TYPES = ("epsilon", "v_prediction")
 CROPS = ("center", "random", "none")  # sdexp.data.transforms.CROP_MODES
 SMALL_IMAGES = ("upscale", "warn", "skip")
 WANDB_MODES = ("auto", "online", "offline", "disabled")
-LOGGERS = ("wandb", "none")
+LOGGER_BACKENDS = ("wandb", "tensorboard")  # conf/logger/*.yaml switch these flags on
 DEVICES = ("auto", "cpu", "cuda")
 MONITOR_MODES = ("min", "max")
 OPTIMIZERS = ("adamw", "adamw8bit", "adafactor", "prodigy")
@@ -238,13 +238,33 @@ class TrainConfig:
 
 @dataclass
 class LoggerConfig:
-    name: str = "wandb"  # wandb | none
+    """Where a run is tracked beside its own folder: W&B, TensorBoard, both or neither.
+
+    One flag per backend, not a list of names: Hydra merges ``logger=[wandb,tensorboard]`` config by
+    config, and flags from both files survive that merge where a list would be replaced by the last.
+    """
+
+    wandb: bool = False  # conf/logger/wandb.yaml sets it (the default logger)
+    tensorboard: bool = False  # event files under RUN/tensorboard/
     project: str = "sdexp"
     entity: str | None = None
     group: str | None = None
     run_name: str | None = None
     tags: list[str] = field(default_factory=list)
-    mode: str = "auto"  # auto = online with credentials, else offline
+    mode: str = "auto"  # W&B: auto = online with credentials, else offline
+    log_model: bool = True  # W&B: the best checkpoint as a model artifact at the end of the run
+    # Config keys that are this run's hyperparameters (a sweep trial's sampled keys; the runner sets
+    # it): top-level W&B config keys and TensorBoard HParams. Empty = LOGGED_HPARAMS that exist.
+    hparams: list[str] = field(default_factory=list)
+
+    @property
+    def backends(self) -> tuple[str, ...]:
+        return tuple(name for name in LOGGER_BACKENDS if getattr(self, name))
+
+    @property
+    def name(self) -> str:
+        """The backends joined by "+" (``wandb+tensorboard``), or ``none``: for messages and older callers."""
+        return "+".join(self.backends) or "none"
 
 
 @dataclass
@@ -380,11 +400,23 @@ def validate(cfg: RunConfig) -> None:
     from sdexp.data.buckets import check_bucket_options  # pure Python: no torch, no Pillow
 
     check_bucket_options(d.buckets, resolution)
-    choice("logger.name", lg.name, LOGGERS)
     choice("logger.mode", lg.mode, WANDB_MODES)
+    _check_hparams(cfg)
     validate_eval(cfg.eval, held_out=bool(d.val_dir), samplers=SAMPLERS)
     if t.early_stopping.patience:
         _check_monitor(cfg)
+
+
+def _check_hparams(cfg: RunConfig) -> None:
+    """Every key in logger.hparams names a config value (a sweep trial's sampled keys)."""
+    for key in cfg.logger.hparams:
+        node: Any = cfg
+        for part in key.split("."):
+            if not is_dataclass(node) or part not in {f.name for f in fields(node)}:
+                raise ConfigError(
+                    f"logger.hparams: {key!r} is not a config key; list dotted keys such as train.lr"
+                )
+            node = getattr(node, part)
 
 
 def validate_method(method: MethodConfig, d: DataConfig) -> None:

@@ -101,7 +101,7 @@ def missing_option_message(err, config_dir: Path) -> str:
     """'model=nosuch' → which options the group has."""
     import re
 
-    match = re.search(r"Could not find '([^']+)'", str(err))
+    match = re.search(r"Could not (?:find|load) '([^']+)'", str(err))  # load: one of a list (logger=[a,b])
     if not match:
         return str(err).strip().splitlines()[0]
     group, _, option = match.group(1).rpartition("/")

@@ -2,6 +2,10 @@
 
 ``train_run`` is what run.py (Hydra), the demo and, later, each sweep trial call. Inputs are
 checked (data, model path) before anything heavy is loaded, so mistakes fail in seconds.
+
+Under several processes (``torchrun``/``accelerate launch``) every process calls ``train_run`` with
+the main process's run folder; only the main one creates and writes it (config, run.json, run.log,
+loggers, W&B); the others train and log nowhere.
 """
 
 from __future__ import annotations
@@ -14,10 +18,12 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from sdexp import distributed
 from sdexp.atomic import atomic_write_bytes
 from sdexp.config import RunConfig, as_plain_dict
 from sdexp.errors import ConfigError, UserError
 from sdexp.quiet import quiet_libraries
+from sdexp.tracking.base import Logger
 from sdexp.tracking.run_log import RUN_LOG, run_log
 
 
@@ -40,29 +46,40 @@ def save_config(cfg: RunConfig, run_dir: Path) -> Path:
 
 
 def _build_logger(logger_cfg, config: dict, run_dir: Path, notify, wandb_id: str | None = None):
-    from sdexp.tracking.base import MultiLogger
+    """(every logger of the run as one, its trackers or None): the run folder's own record always,
+    then each backend ``logger_cfg`` switches on (W&B, TensorBoard), with the run's hyperparameters.
+    The trackers (``Trackers``: sample images, ``run_id`` = the W&B run's) are None with neither."""
+    from sdexp.tracking.base import MultiLogger, Trackers
+    from sdexp.tracking.hparams import run_hparams
     from sdexp.tracking.run_folder import RunFolderLogger
 
-    loggers = [RunFolderLogger(run_dir)]
-    if logger_cfg.name == "wandb":
+    lg = logger_cfg
+    trackers = []
+    hparams = run_hparams(config, list(lg.hparams))
+    if lg.wandb:
+        from sdexp.tracking.hparams import short_names
         from sdexp.tracking.wandb_logger import WandbLogger
 
-        lg = logger_cfg
-        loggers.append(
-            WandbLogger(
-                run_dir=run_dir,
-                project=lg.project,
-                entity=lg.entity,
-                group=lg.group,
-                name=lg.run_name or run_dir.name,
-                tags=list(lg.tags),
-                config=config,
-                mode=lg.mode,
-                notify=notify,
-                run_id=wandb_id,
-            )
+        wandb_logger = WandbLogger(
+            run_dir=run_dir,
+            project=lg.project,
+            entity=lg.entity,
+            group=lg.group,
+            name=lg.run_name or run_dir.name,
+            tags=list(lg.tags),
+            config=config,
+            mode=lg.mode,
+            notify=notify,
+            run_id=wandb_id,
+            hparams=short_names(hparams, reserved=set(config)),
+            log_model=lg.log_model,
         )
-    return MultiLogger(loggers), loggers[1] if len(loggers) > 1 else None
+        trackers.append(wandb_logger)
+    if lg.tensorboard:
+        from sdexp.tracking.tensorboard_logger import TensorBoardLogger
+
+        trackers.append(TensorBoardLogger(run_dir=run_dir, config=config, hparams=hparams))
+    return MultiLogger([RunFolderLogger(run_dir), *trackers]), Trackers(trackers) if trackers else None
 
 
 def cpu_has_native_bf16() -> bool:
@@ -124,12 +141,20 @@ def train_run(
     quiet_libraries()
     started = time.time()
     run_dir = Path(run_dir).resolve()
-    if (run_dir / "run.json").exists() and resume_from is None:
+    main = distributed.is_launched_main()  # the others neither print nor write (they run alike)
+    if not main:
+        notify = _silent
+    if main and (run_dir / "run.json").exists() and resume_from is None:
         raise UserError(
             f"hydra.run.dir: {run_dir} already holds a run (run.json); choose a new folder or delete that one"
         )
     t = cfg.train
-    with run_log(run_dir / RUN_LOG) if run_dir.is_dir() else contextlib.nullcontext():
+    if t.auto_batch and distributed.launched_processes() > 1:
+        raise ConfigError(
+            "train.auto_batch: each process would search its own batch size; with several processes "
+            "set train.batch_size (per process) instead"
+        )
+    with run_log(run_dir / RUN_LOG) if main and run_dir.is_dir() else contextlib.nullcontext():
         # Everything that can be wrong with the inputs fails here, before the run folder exists. A
         # single run without a judge still trains: build_scoring says evaluation is off and why.
         module = preflight(cfg, require_judge=False)
@@ -149,9 +174,10 @@ def train_run(
                 "runs ~15x slower than fp32, training and scoring alike; on this CPU use train.mixed_precision=no"
             )
         scoring = build_scoring(cfg, module, run_dir, trainer.device, notify)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        with run_log(run_dir / RUN_LOG):
-            if resume_from is None:  # a resumed run keeps the config it started with
+        if main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        with run_log(run_dir / RUN_LOG) if main else contextlib.nullcontext():
+            if resume_from is None and main:  # a resumed run keeps the config it started with
                 save_config(cfg, run_dir)
             return fit_and_record(
                 trainer,
@@ -192,24 +218,42 @@ def fit_and_record(
     from sdexp.tracking.run_folder import collect_versions, write_run_json
 
     started = time.time() if started is None else started
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with run_log(run_dir / RUN_LOG):  # a pretrain stage's, or a direct call's
+    main = trainer.is_main_process  # the only process that writes (several: sdexp.distributed)
+    record = write_run_json if main else _skip
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    processes = trainer.num_processes
+    effective_batch = t.batch_size * t.gradient_accumulation * processes  # samples per optimizer step
+    log = run_log(run_dir / RUN_LOG) if main else contextlib.nullcontext()
+    with log:  # a pretrain stage's, or a direct call's
         now = time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started))
-        previous = json.loads((run_dir / "run.json").read_text()) if trainer.resume_from else {}
+        previous = json.loads((run_dir / "run.json").read_text()) if trainer.resume_from and main else {}
         when = {"started_at": now}
         if trainer.resume_from:  # run.json keeps the first start and lists every resume
             when = {"resumes": [*previous.get("resumes", []), {"from": trainer.resume_from.name, "at": now}]}
-        write_run_json(
-            run_dir, status="running", seed=t.seed, versions=collect_versions(), images=images, **when
+        record(
+            run_dir,
+            status="running",
+            seed=t.seed,
+            versions=collect_versions(),
+            images=images,
+            num_processes=processes,
+            effective_batch=effective_batch,
+            **when,
         )
-        logger, wandb_logger = _build_logger(logger_cfg, config, run_dir, notify, previous.get("wandb_id"))
+        if main:
+            logger, wandb_logger = _build_logger(
+                logger_cfg, config, run_dir, notify, previous.get("wandb_id")
+            )
+        else:  # one run folder, one W&B run: the main process's
+            logger, wandb_logger = Logger(), None
         if wandb_logger is not None and wandb_logger.run_id:  # the W&B run a resume goes on logging to
-            write_run_json(run_dir, wandb_id=wandb_logger.run_id)
+            record(run_dir, wandb_id=wandb_logger.run_id)
         if scoring is not None:
             scoring.logger = logger
             trainer.callbacks.append(scoring)
         trainer.callbacks += [
-            MetricsLogging(logger, t.log_every, t.batch_size * t.gradient_accumulation),
+            MetricsLogging(logger, t.log_every, effective_batch),
             ProgressBar(),
         ]
         if t.max_minutes:
@@ -227,7 +271,7 @@ def fit_and_record(
             state = trainer.fit(module)
         except BaseException as err:  # record why the run ended, keep its logs, then re-raise
             status = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
-            write_run_json(
+            record(
                 run_dir,
                 status=status,
                 error=f"{type(err).__name__}: {err}",
@@ -240,6 +284,7 @@ def fit_and_record(
         summary = {
             "steps": state.step,
             "stop_reason": state.stop_reason,
+            "train/effective_batch": effective_batch,
             **{k: v for k, v in state.last_logs.items() if k == "train/loss"},
             **{k: v for k, v in state.last_val.items() if k != "step"},
         }
@@ -262,7 +307,7 @@ def fit_and_record(
                 "evaluation": scoring.timing(wall),
             }
         final = run_dir / "checkpoints" / "final"
-        write_run_json(
+        record(
             run_dir,
             status="finished",
             steps=state.step,
@@ -286,6 +331,14 @@ def fit_and_record(
         )
 
 
+def _silent(*args, **kwargs) -> None:
+    """``notify`` of a process beside the main one: the main one says it."""
+
+
+def _skip(*args, **kwargs) -> None:
+    """``write_run_json`` of a process beside the main one: the main one writes the folder."""
+
+
 def run_from_hydra(cfg) -> None:
     """run.py's task: type and validate the composed config, train, report bad input as exit 2."""
     from hydra.core.hydra_config import HydraConfig
@@ -296,6 +349,11 @@ def run_from_hydra(cfg) -> None:
     try:
         run_cfg = to_run_config(cfg)
         out_dir = Path(HydraConfig.get().runtime.output_dir)
+        if distributed.launched_processes() > 1:  # ${now:...} differs per process: rank 0's folder
+            from sdexp.trainer import wants_cpu
+
+            distributed.start_process_group(cpu=wants_cpu(run_cfg.train.device))
+            out_dir = Path(distributed.broadcast(str(out_dir.resolve())))
         if run_cfg.train.resume:  # e.g. under -m: the resumed run's folder and config, not Hydra's
             from sdexp.resume import resume_run
 
@@ -310,6 +368,11 @@ def run_from_hydra(cfg) -> None:
             os.environ["SDEXP_DEBUG"] = "1"
         report_and_exit(err)
         return
+    if distributed.launched_processes() > 1:  # each process's own word on where it stopped
+        rank, world = distributed.launched_rank(), distributed.launched_processes()
+        print(f"process {rank} of {world}: steps {result.steps} ({result.stop_reason})", flush=True)
+        if rank != 0:
+            return
     print(f"run folder:  {result.run_dir}")
     lora = result.final_checkpoint / "lora.safetensors"
     print(f"checkpoint:  {lora if lora.exists() else result.final_checkpoint}")

@@ -2,6 +2,11 @@
 
 It knows nothing of models or methods: devices, mixed precision, gradient accumulation,
 clipping, validation cadence, atomic checkpoint folders and stopping are its whole job.
+
+Under several processes (``torchrun``/``accelerate launch``: DDP) every process runs this same
+loop on its slice of each global batch; the logged losses are their mean, validation is sharded
+and averaged over all of them, and stops are the main process's decision, agreed on at the steps
+whose logs are read (see ``sdexp.distributed``).
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 
-from sdexp import training_state
+from sdexp import distributed, training_state
 from sdexp.callbacks.base import Callback
 from sdexp.errors import UserError
 from sdexp.methods.base import TrainingModule
@@ -36,6 +41,11 @@ def resolve_device(device: str, key: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return device
+
+
+def wants_cpu(device: str) -> bool:
+    """Whether a ``train.device`` setting trains on the CPU (accelerate's ``cpu=`` flag)."""
+    return device == "cpu" or (device == "auto" and not torch.cuda.is_available())
 
 
 def _forget_previous_run_state(mixed_precision: str) -> None:
@@ -89,6 +99,7 @@ class StepValues:
         if tensors:
             device = tensors[0].device
             flat = torch.stack([t.detach().reshape(()).to(device, torch.float64) for t in tensors])
+            flat = distributed.mean_across_processes(flat)  # every process's mean (DDP: equal batches)
             numbers = iter(flat.tolist())  # the one host sync
         out = [
             (step, {k: next(numbers) if isinstance(v, torch.Tensor) else v for k, v in logs.items()})
@@ -140,7 +151,7 @@ class Trainer:
         self.save_state = save_state  # checkpoints carry the training state (sdexp.training_state)
         self.resume_from = Path(resume_from) if resume_from else None
         check_device(device, "train.device")
-        use_cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
+        use_cpu = wants_cpu(device)
         _forget_previous_run_state(mixed_precision)
         self.accelerator = Accelerator(
             cpu=use_cpu,
@@ -177,6 +188,43 @@ class Trainer:
     def is_main_process(self) -> bool:
         return self.accelerator.is_main_process
 
+    @property
+    def num_processes(self) -> int:
+        return self.accelerator.num_processes
+
+    def _own_loader(self, loader):
+        """The module's loader, prepared as accelerate prepares one for a single process.
+
+        The module's sampler already cuts each global batch and keeps this process's slice
+        (``BucketBatchSampler(num_replicas=, rank=)``), so the processes together see the batch one
+        process with the global batch size sees. ``accelerator.prepare`` would shard it again (each
+        process taking every N-th batch: another order for every N). Preparing it as one process's
+        keeps what accelerate adds (device placement, the end of an epoch closing a gradient
+        accumulation, ``skip_first_batches`` on resume) and, with one process, is exactly what
+        ``prepare`` does."""
+        from accelerate.data_loader import prepare_data_loader
+
+        acc = self.accelerator
+        return prepare_data_loader(
+            loader,
+            acc.device,
+            num_processes=1,
+            process_index=0,
+            put_on_device=acc.device_placement,
+            rng_types=list(acc.rng_types),
+            non_blocking=acc.non_blocking,
+        )
+
+    def _agree_to_stop(self) -> bool:
+        """The main process's ``should_stop`` and stop reason, on every process (one small broadcast,
+        at the steps whose logs are read: a stop decided in between waits for the next such step,
+        so every process leaves the loop at the same step)."""
+        if self.num_processes > 1:
+            self.should_stop, self.state.stop_reason = distributed.broadcast(
+                (self.should_stop, self.state.stop_reason)
+            )
+        return self.should_stop
+
     def _call(self, hook: str, *args) -> None:
         for cb in self.callbacks:
             getattr(cb, hook)(self, self.module, *args)
@@ -188,8 +236,8 @@ class Trainer:
         module.setup(self)
         optimizer, lr_scheduler = module.configure_optimizers()
         trainable = module.trainable_modules()
-        prepared = self.accelerator.prepare(*trainable, optimizer, module.train_dataloader())
-        *trainable, optimizer, dataloader = prepared
+        *trainable, optimizer = self.accelerator.prepare(*trainable, optimizer)
+        dataloader = self._own_loader(module.train_dataloader())
         module.on_modules_prepared(trainable)
         self.optimizer, self.lr_scheduler = optimizer, lr_scheduler
         for m in trainable:
@@ -208,7 +256,8 @@ class Trainer:
         state.loop_started = time.time()
         values = StepValues()
         loss_sum, micro = None, 0
-        while state.step < self.max_steps and not self.should_stop:
+        stop = False  # what every process agreed on (one process: should_stop at every step)
+        while state.step < self.max_steps and not stop:
             module.on_train_epoch_start(state.epoch)
             if hasattr(dataloader, "set_epoch"):  # accelerate's loader counts epochs itself
                 dataloader.set_epoch(state.epoch)
@@ -258,7 +307,9 @@ class Trainer:
                 if self._due(self.checkpoint_every) and state.step < self.max_steps:
                     self._run_validation()
                     self.save_checkpoint(f"step-{state.step:06d}")
-                if state.step >= self.max_steps or self.should_stop:
+                if read or self.num_processes == 1:
+                    stop = self._agree_to_stop()
+                if state.step >= self.max_steps or stop:
                     break
             state.epoch += 1
             state.batches_in_epoch = 0
@@ -291,6 +342,11 @@ class Trainer:
     # ----- validation and checkpoints -----------------------------------------------------
     @torch.no_grad()
     def _run_validation(self) -> dict:
+        """The validation loss over ``module.val_batches()``: each process takes every N-th batch,
+        and the item-weighted means are combined over the processes (torchmetrics ``MeanMetric``,
+        float64), so the values equal the single-process ones."""
+        from torchmetrics import MeanMetric
+
         batches = self.module.val_batches()
         if not batches:
             return {}
@@ -298,22 +354,37 @@ class Trainer:
         for m in modules:
             m.eval()
         self.module.on_validation_start()
-        totals: dict[str, float] = {}
-        counts: dict[str, float] = {}
+        means: dict[str, MeanMetric] = {}
+
+        def mean(key: str) -> MeanMetric:
+            if key not in means:
+                means[key] = MeanMetric(nan_strategy="disable").set_dtype(torch.float64).to(self.device)
+            return means[key]
+
+        rank, processes = self.accelerator.process_index, self.num_processes
         try:
             with isolated_rng(self.device):
                 with self.accelerator.autocast():
                     for i, batch in enumerate(batches):
+                        if i % processes != rank:
+                            continue
                         out = self.module.validation_step(batch, i)
                         n = float(out.pop("n", torch.tensor(1.0)))
                         for key, value in out.items():
-                            totals[key] = totals.get(key, 0.0) + float(value) * n
-                            counts[key] = counts.get(key, 0.0) + n
+                            value = torch.tensor(float(value), dtype=torch.float64, device=self.device)
+                            mean(key).update(value, weight=n)
         finally:
             self.module.on_validation_end()  # e.g. the training weights back after EMA ones
         for m in modules:
             m.train()
-        metrics = self.module.validation_summary({f"val/{k}": v / counts[k] for k, v in totals.items()})
+        keys = sorted(means)
+        if processes > 1:  # a key no batch of this process gave: weight 0, so every process syncs it
+            keys = sorted({k for shard in distributed.gather(keys) for k in shard})
+            for key in keys:
+                if key not in means:
+                    mean(key).update(torch.zeros((), dtype=torch.float64, device=self.device), weight=0.0)
+        averaged = {f"val/{k}": float(means[k].compute()) for k in keys}
+        metrics = self.module.validation_summary(averaged)
         self.state.last_val = {"step": self.state.step, **metrics}
         self._call("on_validation_end", metrics)
         return metrics

@@ -6,6 +6,10 @@ the images) and compared; a better checkpoint is copied to ``best/`` (hard links
 ``best.json`` is rewritten. Other callbacks (early stopping) hear ``on_checkpoint_scored``.
 Evaluation runs on the weights a checkpoint saves, in eval mode, with every RNG isolated, so a
 run's weights are the same with evaluation on or off.
+
+Under several processes only the main one evaluates and writes ``best/``/``best.json``; its metrics
+are broadcast, so every process keeps the same history and its callbacks (early stopping,
+pruning) hear the same ``on_checkpoint_scored`` metrics.
 """
 
 from __future__ import annotations
@@ -15,10 +19,12 @@ import shutil
 import time
 from pathlib import Path
 
+from sdexp import distributed
 from sdexp.atomic import link_or_copy, write_json_atomic
 from sdexp.callbacks.base import Callback
 from sdexp.evaluation.objective import Score, score_all
 from sdexp.rng import isolated_rng
+from sdexp.tracking.base import eval_images
 
 BEST_DIR, BEST_FILE = "best", "best.json"
 _BASE_SCORES: dict[str, tuple[dict, object]] = {}  # evaluator signature + weight dtype -> (metrics, images)
@@ -90,6 +96,8 @@ class CheckpointScoring(Callback):
         self.checkpoint_seconds = list(state["checkpoint_seconds"])
         self.warnings = list(state["warnings"])
         best_dir = self.run_dir / BEST_DIR
+        if not distributed.is_main():
+            return
         if self.best is not None:
             copy_checkpoint(self.run_dir / "checkpoints" / self.best["checkpoint"], best_dir)
             write_json_atomic(self.run_dir / BEST_FILE, self.summary())
@@ -121,6 +129,7 @@ class CheckpointScoring(Callback):
             self.logger.log_images("eval/subject", result.subject, step=step, captions=result.subject_prompts)
             if result.prior:
                 self.logger.log_images("eval/prior", result.prior, step=step, captions=result.prior_prompts)
+            self.logger.log_eval_table(step, eval_images(result, self.evaluator))
         for warning in result.warnings:
             if warning not in self.warnings:
                 self.warnings.append(warning)
@@ -135,8 +144,10 @@ class CheckpointScoring(Callback):
         else:
             val = trainer.state.last_val
             metrics = {k: v for k, v in val.items() if k != "step"} if val.get("step") == step else {}
-            if self.evaluator is not None:
+            if self.evaluator is not None and trainer.is_main_process:
                 metrics.update(self._evaluate(trainer, module))
+            if trainer.num_processes > 1:  # the main process's scores, on every process
+                metrics, self.warnings = distributed.broadcast((metrics, self.warnings))
             scores = score_all(self.objectives, metrics)
             for s in scores:
                 metrics.update(s.as_metrics())
@@ -151,14 +162,17 @@ class CheckpointScoring(Callback):
             }
         self.history.append(entry)
         if checkpoint is not None and entry["_score"].better_than(self._best_score):
-            self._promote(entry, checkpoint)
-        if self.best is not None:  # the history grows with every scored checkpoint
+            self._promote(entry, checkpoint, write=trainer.is_main_process)
+        if (
+            self.best is not None and trainer.is_main_process
+        ):  # the history grows with every scored checkpoint
             write_json_atomic(self.run_dir / BEST_FILE, self.summary())
         trainer._call("on_checkpoint_scored", entry["metrics"])
         return entry
 
-    def _promote(self, entry: dict, checkpoint: Path) -> None:
-        copy_checkpoint(checkpoint, self.run_dir / BEST_DIR)
+    def _promote(self, entry: dict, checkpoint: Path, *, write: bool = True) -> None:
+        if write:
+            copy_checkpoint(checkpoint, self.run_dir / BEST_DIR)
         self._best_score = entry["_score"]
         self.best = {k: v for k, v in entry.items() if not k.startswith("_")}
 

@@ -106,6 +106,14 @@ class BucketBatchSampler:
     Each index appears ``repeats[i]`` times an epoch (default once); the order within each bucket
     and the order of the batches are shuffled by (seed, epoch) alone: call ``set_epoch`` before
     each epoch. Pass as ``DataLoader(dataset, batch_sampler=sampler, collate_fn=collate)``.
+
+    With ``num_replicas`` processes (one run on several GPUs) the sampler builds the global batches
+    of ``num_replicas * batch_size`` items that one process with that batch size would, in the
+    same order, and yields this process's slice ``rank`` of each: every process sees as many
+    batches, the same bucket at each step, and the processes together see exactly the
+    single-process batch. A bucket's last, partial global batch is padded to a multiple of
+    ``num_replicas`` with its own first items (as torch's DistributedSampler pads), so every
+    process holds as many items and the averaged gradient weighs each item alike.
     """
 
     def __init__(
@@ -116,9 +124,13 @@ class BucketBatchSampler:
         seed: int,
         drop_last: bool = False,
         repeats: Sequence[int] | None = None,
+        num_replicas: int = 1,
+        rank: int = 0,
     ) -> None:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
             raise UserError(f"train.batch_size must be a positive integer (got {batch_size!r})")
+        if num_replicas < 1 or not 0 <= rank < num_replicas:
+            raise ValueError(f"rank {rank} of {num_replicas} processes")
         n = len(buckets_per_item)
         repeats = [1] * n if repeats is None else [int(r) for r in repeats]
         if len(repeats) != n:
@@ -126,12 +138,14 @@ class BucketBatchSampler:
         if any(r < 0 for r in repeats):
             raise UserError(f"repeats must be >= 0 (got {min(repeats)})")
         self.batch_size, self.seed, self.drop_last, self.epoch = batch_size, int(seed), bool(drop_last), 0
+        self.num_replicas, self.rank = int(num_replicas), int(rank)
+        self.global_batch_size = batch_size * self.num_replicas
         self._groups: dict[Size, list[int]] = {}
         for i, bucket in enumerate(buckets_per_item):
             self._groups.setdefault((int(bucket[0]), int(bucket[1])), []).extend([i] * repeats[i])
         if self.drop_last and n and len(self) == 0:
             raise UserError(
-                f"no bucket holds a full batch of {batch_size} (largest: "
+                f"no bucket holds a full batch of {self.global_batch_size} (largest: "
                 f"{max(len(v) for v in self._groups.values())}); lower train.batch_size or keep partial batches"
             )
 
@@ -139,21 +153,35 @@ class BucketBatchSampler:
         self.epoch = int(epoch)
 
     def _count(self, n: int) -> int:
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        size = self.global_batch_size
+        return n // size if self.drop_last else -(-n // size)
 
     def __len__(self) -> int:
         return sum(self._count(len(v)) for v in self._groups.values())
 
-    def __iter__(self) -> Iterator[list[int]]:
+    def global_batches(self) -> list[list[int]]:
+        """This epoch's batches of every process together, in training order."""
         rng = random.Random(f"sdexp-buckets:{self.seed}:{self.epoch}")
+        size = self.global_batch_size
         batches: list[list[int]] = []
         for bucket in sorted(self._groups):
             indices = list(self._groups[bucket])
             rng.shuffle(indices)
-            for start in range(0, self._count(len(indices)) * self.batch_size, self.batch_size):
-                batches.append(indices[start : start + self.batch_size])
+            for start in range(0, self._count(len(indices)) * size, size):
+                batches.append(indices[start : start + size])
         rng.shuffle(batches)
-        return iter(batches)
+        return batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        if self.num_replicas == 1:
+            return iter(self.global_batches())
+        return iter(self._slice(batch) for batch in self.global_batches())
+
+    def _slice(self, batch: list[int]) -> list[int]:
+        """This process's share of a global batch (a short one padded with its own first items)."""
+        per = -(-len(batch) // self.num_replicas)
+        padded = [batch[i % len(batch)] for i in range(per * self.num_replicas)]
+        return padded[self.rank * per : (self.rank + 1) * per]
 
     @property
     def bucket_counts(self) -> dict[Size, int]:

@@ -6,27 +6,72 @@ shares one definition and the step stays small enough to compile.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from diffusers.training_utils import compute_snr
 
 
+@dataclass(frozen=True)
+class BatchShard:
+    """Where one process's rows sit in the global batch of a step trained by several processes.
+
+    Each process draws the noise and timesteps of the WHOLE global batch from the same seeded
+    generator and keeps its rows, so N processes × batch b draw exactly what one process × batch
+    N·b draws, and the generators stay in step. A local batch made of ``parts`` (DreamBooth:
+    instance images, then as many class images) is laid out globally part by part, each part as
+    every process's rows in rank order (how one process would concatenate the whole batch).
+    With one process ``take`` returns its input: the single-process numerics are untouched."""
+
+    parts: tuple[int, ...]
+    index: int = 0
+    processes: int = 1
+
+    @property
+    def global_size(self) -> int:
+        return sum(self.parts) * self.processes
+
+    def take(self, full: torch.Tensor) -> torch.Tensor:
+        """This process's rows of a tensor drawn for the global batch."""
+        if self.processes == 1:
+            return full
+        rows, offset = [], 0
+        for size in self.parts:
+            start = offset + self.index * size
+            rows.extend(range(start, start + size))
+            offset += size * self.processes
+        return full[torch.tensor(rows, device=full.device)]
+
+
+def _local(shard: BatchShard | None, batch: int) -> BatchShard:
+    return shard if shard is not None else BatchShard((batch,))
+
+
 def sample_noise(
-    latents: torch.Tensor, generator: torch.Generator, noise_offset: float = 0.0
+    latents: torch.Tensor,
+    generator: torch.Generator,
+    noise_offset: float = 0.0,
+    shard: BatchShard | None = None,
 ) -> torch.Tensor:
-    """Gaussian noise like ``latents``; ``noise_offset`` adds a per-channel constant (darker/brighter images)."""
-    noise = torch.randn(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
+    """Gaussian noise like ``latents``; ``noise_offset`` adds a per-channel constant (darker/brighter
+    images). With ``shard``, drawn for the global batch and cut to this process's rows."""
+    shard = _local(shard, latents.shape[0])
+    b, c = shard.global_size, latents.shape[1]
+    kw = dict(generator=generator, device=latents.device, dtype=latents.dtype)
+    noise = shard.take(torch.randn((b, *latents.shape[1:]), **kw))
     if noise_offset:
-        b, c = latents.shape[:2]
-        offset = torch.randn((b, c, 1, 1), generator=generator, device=latents.device, dtype=latents.dtype)
+        offset = shard.take(torch.randn((b, c, 1, 1), **kw))
         noise = noise + noise_offset * offset
     return noise
 
 
 def sample_timesteps(
-    batch: int, num_train_timesteps: int, generator: torch.Generator, device
+    batch: int, num_train_timesteps: int, generator: torch.Generator, device, shard: BatchShard | None = None
 ) -> torch.Tensor:
-    return torch.randint(0, num_train_timesteps, (batch,), generator=generator, device=device).long()
+    shard = _local(shard, batch)
+    drawn = torch.randint(0, num_train_timesteps, (shard.global_size,), generator=generator, device=device)
+    return shard.take(drawn.long())
 
 
 def prediction_target(

@@ -17,6 +17,7 @@ import torch
 from sdexp.config import RunConfig
 from sdexp.methods.base import StepOutput, TrainingModule
 from sdexp.methods.diffusion import (
+    BatchShard,
     mask_weights,
     per_sample_loss,
     prediction_target,
@@ -52,6 +53,7 @@ class StableDiffusionModule(TrainingData, TrainingModule):
         self._token_cache: dict[str, tuple[torch.Tensor, ...]] = {}
         self._unet_call = None  # set once accelerate has prepared it
         self._text_encoder_calls: tuple = ()
+        self._processes, self._process_index = 1, 0  # several: each keeps its rows of global draws
         self._channels_last = False  # train.channels_last, set in setup
         self._loss_fn = None  # the compiled per-sample loss under train.compile (None: per_sample_loss)
         self.latent_cache = self.text_cache = None  # on-disk encodings (data.cache), set in setup
@@ -98,6 +100,8 @@ class StableDiffusionModule(TrainingData, TrainingModule):
             compile_blocks(self.base.unet)
             self._loss_fn = torch.compile(per_sample_loss)
         self._generator = torch.Generator(device=device).manual_seed(cfg.train.seed)
+        acc = trainer.accelerator
+        self._processes, self._process_index = acc.num_processes, acc.process_index
         # diffusers' `.dtype` walks every submodule on each read (ms per step): read it once.
         self._unet_dtype = self.base.unet.dtype
         self._vae_dtype = self.base.vae.dtype
@@ -205,6 +209,18 @@ class StableDiffusionModule(TrainingData, TrainingModule):
         noisy = as_memory_format(noisy.to(dtype), self._channels_last)
         return self._unet_call(noisy, timesteps, **cond.unet_kwargs(dtype)).sample
 
+    @contextmanager
+    def _unwrapped(self):
+        """Validation calls the modules themselves, not accelerate's DDP wrappers: each process
+        validates its own share of the batches, and a DDP forward may sync buffers, which needs
+        every process to call it as often."""
+        calls = self._unet_call, self._text_encoder_calls
+        self._unet_call, self._text_encoder_calls = self.base.unet, self.base.text_encoders
+        try:
+            yield
+        finally:
+            self._unet_call, self._text_encoder_calls = calls
+
     # ----- steps --------------------------------------------------------------------------
     def training_step(self, batch: dict, step: int) -> StepOutput:
         """Instance loss (weighted by concept, and per pixel by the images' masks) plus
@@ -224,7 +240,8 @@ class StableDiffusionModule(TrainingData, TrainingModule):
                         (len(class_params), *mask.shape[1:]), 255, dtype=mask.dtype, device=mask.device
                     )
                     mask = torch.cat([mask, full])
-                losses = self._denoising_losses(torch.cat([params, class_params]), both, mask)
+                parts = (n, len(class_params))  # how one process would lay the global batch out
+                losses = self._denoising_losses(torch.cat([params, class_params]), both, mask, parts)
                 instance, prior = losses[:n], losses[n:]
             else:
                 instance = self._denoising_losses(params, cond, mask)
@@ -241,17 +258,35 @@ class StableDiffusionModule(TrainingData, TrainingModule):
         return StepOutput(loss=loss, logs=logs)
 
     def _denoising_losses(
-        self, latent_params: torch.Tensor, cond: Conditioning, mask: torch.Tensor | None = None
+        self,
+        latent_params: torch.Tensor,
+        cond: Conditioning,
+        mask: torch.Tensor | None = None,
+        parts: tuple[int, ...] | None = None,
     ) -> torch.Tensor:
         """Per-sample denoising loss: latents drawn from the VAE distribution, fresh noise and
-        timesteps; weighted per latent pixel by ``mask`` (uint8 [B, 1, H, W]) under ``data.mask``."""
+        timesteps; weighted per latent pixel by ``mask`` (uint8 [B, 1, H, W]) under ``data.mask``.
+        Every draw is made for the global batch of all processes (``BatchShard``); ``parts``: the
+        sizes of the batch's concatenated pieces (default: one piece)."""
         from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+        from diffusers.utils.torch_utils import randn_tensor
 
         t, sched, gen = self.cfg.train, self.base.noise_scheduler, self._generator
-        latents = DiagonalGaussianDistribution(latent_params).sample(generator=gen)
+        shard = BatchShard(parts or (len(latent_params),), self._process_index, self._processes)
+        dist = DiagonalGaussianDistribution(latent_params)
+        # DiagonalGaussianDistribution.sample, drawn for the global batch
+        eps = randn_tensor(
+            (shard.global_size, *dist.mean.shape[1:]),
+            generator=gen,
+            device=latent_params.device,
+            dtype=latent_params.dtype,
+        )
+        latents = dist.mean + dist.std * shard.take(eps)
         latents = (latents * self.base.vae.config.scaling_factor).float()
-        noise = sample_noise(latents, gen, t.noise_offset)
-        timesteps = sample_timesteps(latents.shape[0], sched.config.num_train_timesteps, gen, latents.device)
+        noise = sample_noise(latents, gen, t.noise_offset, shard)
+        timesteps = sample_timesteps(
+            len(latents), sched.config.num_train_timesteps, gen, latents.device, shard
+        )
         noisy = sched.add_noise(latents, noise, timesteps)
         pred = self._predict(noisy, timesteps, cond)
         target = prediction_target(sched, latents, noise, timesteps)
@@ -337,7 +372,8 @@ class StableDiffusionModule(TrainingData, TrainingModule):
         noise = batch["noise"].to(device)
         timesteps = batch["timesteps"].to(device)
         noisy = sched.add_noise(latents, noise, timesteps)
-        pred = self._predict(noisy, timesteps, self.conditioning(batch["caption"], batch))
+        with self._unwrapped():
+            pred = self._predict(noisy, timesteps, self.conditioning(batch["caption"], batch))
         target = prediction_target(sched, latents, noise, timesteps)
         loss = per_sample_loss(pred, target, timesteps, sched, None).mean()
         key = "train_loss" if batch.get("probe") else "loss"

@@ -110,6 +110,15 @@ class TrainingData:
 
     def _attach_class_images(self) -> None:
         """Top up each concept's class images from the base model (cached), before adapters go in."""
+        from contextlib import nullcontext
+
+        # Several processes: the main one generates and caches the class images, the others then
+        # find them in the cache (generation is deterministic, so they would only redo its work).
+        acc = self.trainer.accelerator
+        with acc.main_process_first() if acc.num_processes > 1 else nullcontext():
+            self._generate_class_images()
+
+    def _generate_class_images(self) -> None:
         from sdexp.data.dataset import ImageCaptionDataset
         from sdexp.methods.prior import generated_class_records
         from sdexp.samplers import make_scheduler
@@ -196,21 +205,29 @@ class TrainingData:
         return info
 
     def train_dataloader(self):
-        """One bucket per batch, each item ``repeats`` times an epoch, in an order fixed by the seed."""
+        """One bucket per batch, each item ``repeats`` times an epoch, in an order fixed by the seed.
+
+        Under several processes this is the process's own loader: its sampler cuts each global
+        batch (``processes × train.batch_size``) and keeps this process's slice (BucketBatchSampler)."""
         from sdexp.data.buckets import BucketBatchSampler
         from sdexp.data.concept_dataset import collate_concepts
 
         t = self.cfg.train
         dataset = self.train_dataset
+        acc = self.trainer.accelerator if self.trainer is not None else None
+        processes, rank = (acc.num_processes, acc.process_index) if acc is not None else (1, 0)
         # Without buckets every batch is full (as long as there are enough images); with them a
         # bucket's last partial batch is kept rather than dropping those images from the epoch.
-        drop_last = not self.cfg.data.buckets.enabled and sum(dataset.repeats()) >= t.batch_size
+        global_batch = t.batch_size * processes
+        drop_last = not self.cfg.data.buckets.enabled and sum(dataset.repeats()) >= global_batch
         self._batch_sampler = BucketBatchSampler(
             dataset.buckets_per_item,
             t.batch_size,
             seed=t.seed,
             drop_last=drop_last,
             repeats=dataset.repeats(),
+            num_replicas=processes,
+            rank=rank,
         )
         return torch.utils.data.DataLoader(
             dataset,

@@ -1,6 +1,9 @@
 """`sdexp sweep` and `sdexp best`.
 
 sdexp sweep sweeps/demo.yaml [overrides...] [--out DIR] [--storage URL] [--n-trials N] [--resume-trials]
+sdexp sweep --storage URL --study NAME [overrides...] [--out DIR]   (join a study from another machine)
+sdexp sweep sweeps/demo.yaml ... --workers N | --gpus all | --launcher slurm --workers N   (docs/cluster.md)
+sdexp sweep --status sweeps-out/demo
 sdexp best sweeps-out/demo [--export DIR]
 
 A sweep whose trials all failed alike ends with that error in one line and exit code 2.
@@ -22,7 +25,13 @@ from sdexp.errors import ConfigError, UserError
     "sweep",
     help="run (or resume) an Optuna sweep over run configs: one run folder per trial, best checkpoint at the end",
     args=[
-        arg("definition", metavar="SWEEP_YAML", type=Path, help="a sweep definition, e.g. sweeps/demo.yaml"),
+        arg(
+            "definition",
+            metavar="SWEEP_YAML",
+            type=Path,
+            nargs="?",
+            help="a sweep definition, e.g. sweeps/demo.yaml (leave out with --study)",
+        ),
         arg(
             "overrides",
             nargs="*",
@@ -40,6 +49,12 @@ from sdexp.errors import ConfigError, UserError
             help="Optuna storage: sqlite:///…, postgresql://…, or journal:PATH "
             "(default: SQLite in the sweep folder)",
         ),  # fmt: skip
+        arg(
+            "--study",
+            default=None,
+            help="join this study in --storage without its SWEEP_YAML (another machine's sweep: the "
+            "definition is stored in the study); overrides given replace the stored ones",
+        ),
         arg("--n-trials", type=int, default=None, help="override the definition's n_trials"),
         arg("--timeout-minutes", type=float, default=None, help="stop starting trials after this long"),
         arg("--no-report", action="store_true", help="do not write the HTML report at the end"),
@@ -50,21 +65,105 @@ from sdexp.errors import ConfigError, UserError
             "trial after trial (restored and checked in between); for debugging",
         ),
         arg(
+            "--gpus-per-trial",
+            type=int,
+            default=1,
+            help="train each trial on this many processes (DDP, one per GPU): a torchrun child per trial",
+        ),
+        arg(
             "--resume-trials",
             action="store_true",
             help="trials save their training state at each checkpoint, and a trial whose worker was "
             "killed (or Ctrl-C'd) is retried from its last checkpoint instead of from step 0",
         ),
+        arg(
+            "--workers",
+            type=int,
+            default=None,
+            help="start N worker processes on this one study and show one live view (their output: "
+            "SWEEP/workers/<id>.log); with --launcher, N jobs",
+        ),
+        arg(
+            "--gpus",
+            default=None,
+            metavar="all|0,1,3",
+            help="one worker per GPU (CUDA_VISIBLE_DEVICES set for each): all visible GPUs or these indices",
+        ),
+        arg(
+            "--trials-per-gpu",
+            type=int,
+            default=None,
+            metavar="K",
+            help="with --gpus: K workers share each GPU",
+        ),
+        arg(
+            "--launcher",
+            choices=["slurm", "local"],
+            default=None,
+            help="submit the --workers as submitit jobs (slurm: sbatch; local: processes here) and return",
+        ),
+        arg("--wait", action="store_true", help="with --launcher: wait for the jobs, showing the view"),
+        arg(
+            "--status",
+            type=Path,
+            default=None,
+            metavar="SWEEP_DIR",
+            help="print a sweep's progress, workers and jobs once, and exit",
+        ),
+        arg(
+            "--slurm.partition",
+            dest="slurm_partition",
+            default=None,
+            help="with --launcher slurm: the partition",
+        ),
+        arg(
+            "--slurm.account",
+            dest="slurm_account",
+            default=None,
+            help="with --launcher slurm: the account to charge",
+        ),
+        arg(
+            "--slurm.gpus_per_task",
+            dest="slurm_gpus_per_task",
+            type=int,
+            default=None,
+            help="GPUs per worker job",
+        ),
+        arg(
+            "--slurm.time",
+            dest="slurm_time",
+            type=int,
+            default=None,
+            metavar="MIN",
+            help="each job's time limit in minutes (default 60)",
+        ),
+        arg(
+            "--slurm.cpus_per_task",
+            dest="slurm_cpus_per_task",
+            type=int,
+            default=None,
+            help="CPUs per worker job",
+        ),
+        arg(
+            "--slurm.mem_gb", dest="slurm_mem_gb", type=float, default=None, help="memory per worker job (GB)"
+        ),
     ],
 )
 def cmd_sweep(args: argparse.Namespace) -> int:
+    from sdexp.sweep.worker_pool import launch, launch_plan, pool_child
+
+    if args.status is not None:  # the view once (sweep/status_view.py)
+        from sdexp.sweep.status_view import print_status
+
+        print_status(args.status)
+        return 0
+    slots = launch_plan(args)  # --workers/--gpus/--launcher, checked before anything loads
     from sdexp.quiet import quiet_libraries
-    from sdexp.sweep.definition import load_definition
     from sdexp.sweep.runner import SweepRunner
     from sdexp.sweep.summary import log_sweep_summary
 
     quiet_libraries()
-    definition = load_definition(args.definition)
+    definition, overrides = _definition_and_overrides(args)
     if args.n_trials is not None:
         if args.n_trials < 1:
             raise ConfigError("--n-trials: must be >= 1")
@@ -75,13 +174,17 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     runner = SweepRunner(
         definition,
         out,
-        extra_overrides=list(args.overrides),
+        extra_overrides=overrides,
         storage=args.storage,
         resume_trials=args.resume_trials,
         reuse_base=not args.no_reuse_base,
+        gpus_per_trial=args.gpus_per_trial,
     )
+    runner.n_trials_requested = args.n_trials
     info, study = runner.prepare()
     print(f"sweep folder: {runner.sweep_dir}\nstudy: {info.study_name} in {info.storage}")
+    if slots is not None:  # the workers run the trials, as processes or jobs (sweep/worker_pool.py)
+        return launch(args, runner, slots, print_best)
     try:
         outcome = runner.run(timeout_minutes=args.timeout_minutes)
     except KeyboardInterrupt:
@@ -97,10 +200,40 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         from analysis.report import report
 
         report(runner.sweep_dir)
-    log_sweep_summary(runner)
+    if not pool_child():  # a --workers pool's parent logs the summary once, at the end
+        log_sweep_summary(runner)
     if outcome.failed_out:  # nothing to show for it but the error every trial made: say it in one line
         raise UserError(outcome.stopped)
     return 0
+
+
+def _definition_and_overrides(args: argparse.Namespace):
+    """The definition to run and the command line's overrides: from SWEEP_YAML, or, with --study,
+    from the study in --storage (the command line's overrides replacing stored ones, key by key)."""
+    from sdexp.sweep import stored_definition
+    from sdexp.sweep.definition import load_definition
+
+    overrides = list(args.overrides)
+    if args.study is None:
+        if args.definition is None:
+            raise UserError(
+                "give a SWEEP_YAML (e.g. sweeps/demo.yaml), or --storage URL --study NAME "
+                "to join a study another machine started"
+            )
+        return load_definition(args.definition), overrides
+    if args.definition is not None:
+        if "=" not in str(args.definition):  # with --study, the first positional is an override
+            raise UserError(
+                f"--study: joins a stored study without its definition; drop {args.definition} or --study"
+            )
+        overrides.insert(0, str(args.definition))
+    if not args.storage:
+        raise UserError(
+            f"--study {args.study}: also give --storage URL, the storage the study lives in "
+            "(e.g. postgresql://user@host/db)"
+        )
+    definition, _ = stored_definition.load(args.storage, args.study)
+    return stored_definition.with_overrides(definition, overrides), []
 
 
 MAX_FAILED_SHOWN = 10

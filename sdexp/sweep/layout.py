@@ -2,11 +2,14 @@
 
     SWEEP/
       sweep.yaml        the definition as run (after command-line overrides)
-      sweep.json        study name, storage URL, objective names and directions, n_trials
+      sweep.json        study name, storage URL, objective names and directions, n_trials (kept in
+                        step with the study's own, which every worker reads: stored_definition.py)
       study.db          the Optuna study (SQLite, the default storage; or elsewhere: sweep.json)
       trials/NNNN/      one run folder per Optuna trial number (config.yaml, metrics.jsonl, run.json,
                         run.log, best.json, best/, checkpoints/, samples/)
       report/           `sdexp report SWEEP` (and `sdexp sweep` at its end) writes index.html here
+      workers/          <worker>.json: each worker's state, trial and step (sweep/worker_status.py);
+                        <worker>.log: a --workers pool's child output; slurm.json + submitit/: jobs
 
 Each Optuna trial carries these user attributes (set by the trial runner):
     run_dir          "trials/NNNN" (relative to SWEEP)
@@ -72,6 +75,23 @@ def read_sweep_info(sweep_dir: str | Path) -> SweepInfo:
 STALE_AFTER_BEATS = 4  # a running trial silent for this many heartbeats is failed and retried
 
 
+def sqlalchemy_url(url: str) -> str:
+    """``url`` as SQLAlchemy should open it. A plain ``postgresql://`` (or ``postgres://``) URL means
+    psycopg2 to SQLAlchemy, which sdexp does not install: it is opened with psycopg 3
+    (``postgresql+psycopg://``, the ``sdexp[postgres]`` extra), and missing psycopg is one line."""
+    for plain in ("postgresql://", "postgres://"):
+        if url.startswith(plain):
+            url = "postgresql+psycopg://" + url.removeprefix(plain)
+    if url.startswith("postgresql+psycopg://"):
+        try:
+            import psycopg  # noqa: F401
+        except ImportError:
+            raise UserError(
+                "--storage: a PostgreSQL storage needs psycopg 3: pip install 'sdexp[postgres]'"
+            ) from None
+    return url
+
+
 def open_storage(url: str, heartbeat_seconds: int = 30):
     """An Optuna storage for a URL: ``sqlite:///…``, ``postgresql://…`` (RDB, with heartbeats so
     a trial left running by a killed worker is noticed), or ``journal:PATH`` (a journal file)."""
@@ -85,7 +105,7 @@ def open_storage(url: str, heartbeat_seconds: int = 30):
     from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
     return RDBStorage(
-        url,
+        sqlalchemy_url(url),
         heartbeat_interval=heartbeat_seconds,
         grace_period=STALE_AFTER_BEATS * heartbeat_seconds,
         heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2),

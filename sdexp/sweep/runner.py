@@ -1,11 +1,12 @@
 """`sdexp sweep`: drive an Optuna study over run configs with ask/tell, one run folder per trial.
 
 The loop is ours rather than ``study.optimize`` so that the trial count is exact across restarts
-and workers: under a lock in the sweep folder each worker counts finished and running trials
-before asking for a new one. Grid points are enqueued once, when the study is created. A failed
-trial (exception, NaN, out of memory, a sampled value the config rejects) is told FAIL with its
-reason and the sweep goes on; Ctrl-C fails the running trial, enqueues its parameters again and
-stops, so the next invocation reruns it. With an RDB storage each running trial sends heartbeats;
+and workers: under the study lock (claim_lock.py: the sweep folder's, or PostgreSQL's advisory
+lock across machines) each worker counts finished and running trials before asking for a new
+one. Grid points are enqueued once, when the study is created. A failed trial (exception, NaN,
+out of memory, a sampled value the config rejects) is told FAIL with its reason and the sweep goes
+on; Ctrl-C fails the running trial, enqueues its parameters again and stops, so the next
+invocation reruns it. With an RDB storage each running trial sends heartbeats;
 a trial whose worker was killed is failed after 4 silent heartbeats and retried with the same
 parameters (Optuna's RetryFailedTrialCallback).
 """
@@ -13,7 +14,6 @@ parameters (Optuna's RetryFailedTrialCallback).
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import re
@@ -27,6 +27,8 @@ from sdexp.callbacks.base import Callback
 from sdexp.errors import ConfigError, UserError
 from sdexp.models.base_pool import POOL, reusing_bases
 from sdexp.quiet import quiet_optuna
+from sdexp.sweep import stored_definition
+from sdexp.sweep.claim_lock import study_lock
 from sdexp.sweep.definition import SweepDefinition, check_composes, format_value, trial_overrides
 from sdexp.sweep.layout import (
     DEFINITION_FILE,
@@ -39,9 +41,6 @@ from sdexp.sweep.layout import (
     write_sweep_info,
 )
 from sdexp.tracking.run_log import RUN_LOG, run_log
-
-LOCK_FILE = ".sweep.lock"
-
 
 INFEASIBLE = 1e9  # pruners see numbers only: a checkpoint breaking a constraint reads this much worse
 
@@ -155,17 +154,6 @@ def make_pruner(definition: SweepDefinition, multi: bool):
         raise ConfigError(f"pruner: {err}") from None
 
 
-@contextlib.contextmanager
-def folder_lock(sweep_dir: Path):
-    """Serialises study creation and trial claiming between workers that share the sweep folder."""
-    with open(sweep_dir / LOCK_FILE, "a+") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 @dataclass
 class SweepOutcome:
     completed: int
@@ -198,6 +186,8 @@ def _first_line(err: BaseException) -> str:
 
 
 class SweepRunner:
+    n_trials_requested: int | None = None  # --n-trials: sets the study's count for every worker
+
     def __init__(
         self,
         definition: SweepDefinition,
@@ -208,7 +198,11 @@ class SweepRunner:
         notify=print,
         resume_trials: bool = False,
         reuse_base: bool = True,
+        gpus_per_trial: int = 1,
     ):
+        from sdexp.sweep.ddp_trial import check_gpus_per_trial
+
+        self.gpus_per_trial = check_gpus_per_trial(gpus_per_trial, resume_trials)  # processes per trial
         self.definition, self.extra = definition, list(extra_overrides)
         self.reuse_base = reuse_base  # one loaded base lent to trial after trial (models/base_pool.py)
         self.resume_trials = resume_trials  # retried trials go on from their checkpoint (resume_trials.py)
@@ -249,7 +243,9 @@ class SweepRunner:
                 f"{len(chosen)} objectives ({', '.join(chosen)}): a multi-objective study (Pareto front)"
             )
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
-        with folder_lock(self.sweep_dir):
+        local = read_sweep_info(self.sweep_dir) if (self.sweep_dir / "sweep.json").exists() else None
+        storage_url = local.storage if local else self.requested_storage or default_storage(self.sweep_dir)
+        with study_lock(storage_url, self.sweep_dir, local.study_name if local else d.name):
             info = self._info(chosen, directions)
             storage = open_storage(info.storage, d.heartbeat_seconds)
             multi = len(directions) > 1
@@ -267,6 +263,13 @@ class SweepRunner:
                 for params in d.grid():
                     study.enqueue_trial(params)
                 study.set_user_attr("grid_enqueued", True)
+            n_trials = stored_definition.settle_n_trials(
+                study, d, info, self.extra, requested=self.n_trials_requested,
+                local_before=local.n_trials if local else None, notify=self.notify,
+            )  # fmt: skip
+            if n_trials != info.n_trials:  # this folder's sweep.json follows the study's count
+                info.n_trials = n_trials
+                write_sweep_info(self.sweep_dir, info)
         self.info, self.study, self.base, self.storage = info, study, base, storage
         return info, study
 
@@ -319,14 +322,20 @@ class SweepRunner:
         return counts
 
     def _claim(self):
-        """A new trial to run, or None with the reason the sweep is done (under the folder lock)."""
+        """A new trial to run, or None with the reason the sweep is done (under the study lock;
+        n_trials is the study's, which a worker on another machine may have changed)."""
         import optuna
         from optuna.trial import TrialState
 
         waited = 0.0
         while True:
-            with folder_lock(self.sweep_dir):
+            with study_lock(self.info.storage, self.sweep_dir, self.info.study_name):
                 optuna.storages.fail_stale_trials(self.study)  # a no-op without heartbeats
+                n_trials = stored_definition.shared_n_trials(self.study, self.info.n_trials)
+                if n_trials != self.info.n_trials:
+                    self.notify(f"n_trials: {self.info.n_trials} -> {n_trials} (set by another worker)")
+                    self.info.n_trials = n_trials
+                    write_sweep_info(self.sweep_dir, self.info)
                 c = self._counts()
                 done = c[TrialState.COMPLETE] + c[TrialState.PRUNED]
                 if done >= self.info.n_trials:
@@ -427,6 +436,7 @@ class SweepRunner:
 
         from sdexp.entry import compose_run_config
         from sdexp.run import train_run
+        from sdexp.sweep.worker_status import WorkerStatus
 
         d, info = self.definition, self.info
         number = trial.number
@@ -443,6 +453,7 @@ class SweepRunner:
         )
         log = run_dir / RUN_LOG
         callbacks = [pruning] if pruning else []
+        callbacks.append(WorkerStatus(self.sweep_dir, number))  # SWEEP/workers/<id>.json: trial, step
         try:
             resume_from = None
             if self.resume_trials:
@@ -465,10 +476,16 @@ class SweepRunner:
                             f"logger.group={info.study_name}",
                             f"logger.run_name={info.study_name}-{number:04d}",
                             f"logger.tags=[sweep,{info.study_name}]",
+                            f"logger.hparams=[{','.join(repr(k) for k in d.space)}]",  # W&B/TB compare these
                             *(["train.save_state=true"] if self.resume_trials else []),
                         ]
                     )
-                    result = train_run(cfg, run_dir, notify=self.notify, callbacks=callbacks)
+                    if self.gpus_per_trial > 1:  # a torchrun child trains it (sweep/ddp_trial.py)
+                        from sdexp.sweep.ddp_trial import train_in_processes
+
+                        result = train_in_processes(self, trial, cfg, run_dir, pruning)
+                    else:
+                        result = train_run(cfg, run_dir, notify=self.notify, callbacks=callbacks)
                 # The base goes back restored and checked now, so the next trial borrows a sound one.
                 dropped = POOL.release()
                 if dropped:

@@ -1,5 +1,7 @@
 """The sweep's own W&B run: the best trial (or Pareto set) and the counts, in the study's group,
-next to one W&B run per trial. Only when the trials log to W&B."""
+next to one W&B run per trial, and the best trial's checkpoint as a model artifact (aliases
+``best`` and ``trial-NNNN``; each Pareto trial's under its ``trial-NNNN``). Only when the trials
+log to W&B."""
 
 from __future__ import annotations
 
@@ -8,8 +10,9 @@ def log_sweep_summary(runner) -> None:
     from sdexp.sweep.best import best_rows
 
     lg = runner.base.logger
-    if lg.name != "wandb":
+    if not lg.wandb:
         return
+    from sdexp.tracking.wandb_artifacts import artifact_name, log_best_checkpoint
     from sdexp.tracking.wandb_logger import WandbLogger
 
     info, rows = best_rows(runner.sweep_dir)
@@ -40,4 +43,11 @@ def log_sweep_summary(runner) -> None:
         summary.update({f"{prefix}/objective/{k}": v for k, v in r["objectives"].items()})
         summary.update({f"{prefix}/param/{k}": v for k, v in r["params"].items()})
     logger.log_summary(summary)
+    if lg.log_model and logger.run is not None:
+        for r in rows:
+            aliases = [f"trial-{r['trial']:04d}", *(["best"] if len(rows) == 1 else [])]
+            metadata = {"trial": r["trial"], "params": r["params"], "study": info.study_name}
+            log_best_checkpoint(
+                logger.run, r["run_dir"], artifact_name(f"{info.study_name}-best"), aliases, metadata
+            )
     logger.finish(exit_code=0)

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from sdexp.errors import ConfigError
-from sdexp.tracking.base import Logger
+from sdexp.tracking.base import EvalImage, Logger
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -117,7 +117,11 @@ class WandbLogger(Logger):
     """Logs to a W&B run stored under <run_dir>/wandb/; mode "auto" goes online only with credentials.
 
     wandb drops data logged at a step lower than one already logged, so log images at the current step.
+    ``hparams`` join the config as top-level keys (W&B's parallel coordinates compare runs on them);
+    with ``log_model`` a finished run logs its best checkpoint as a model artifact.
     """
+
+    EVAL_TABLE_KEY = "eval/images"
 
     def __init__(
         self,
@@ -133,9 +137,12 @@ class WandbLogger(Logger):
         notify: Callable[[str], Any] = print,
         init_timeout: float = 120.0,
         run_id: str | None = None,
+        hparams: dict | None = None,
+        log_model: bool = False,
     ):
         self.run_dir = Path(run_dir)
         self.notify = notify
+        self.log_model = log_model
         self.mode, reason = _resolve(mode)
         self.run: Any = None
         self._run_path: Path | None = None
@@ -154,7 +161,7 @@ class WandbLogger(Logger):
             group=group,
             name=name,
             tags=list(tags),
-            config=dict(config or {}),
+            config={**(config or {}), **(hparams or {})},
             reinit="create_new",
             # a resumed run (train.resume) logs to the W&B run it started
             **({"id": run_id, "resume": "allow"} if run_id else {}),
@@ -212,6 +219,16 @@ class WandbLogger(Logger):
             step=int(step),
         )
 
+    def log_eval_table(self, step: int, rows: list[EvalImage]) -> None:
+        if self.run is None or not rows:
+            return
+        table = self._wandb.Table(columns=["step", "set", "prompt", "seed", "image"])
+        for row in rows:
+            table.add_data(
+                int(step), row.set, row.prompt, row.seed, self._wandb.Image(row.image, caption=row.prompt)
+            )
+        self.run.log({self.EVAL_TABLE_KEY: table}, step=int(step))
+
     def log_summary(self, values: dict[str, Any]) -> None:
         if self.run is not None:
             self.run.summary.update({k: _plain(v) for k, v in values.items()})
@@ -220,7 +237,14 @@ class WandbLogger(Logger):
         if self.run is None:
             return
         run, self.run = self.run, None
-        run.finish(exit_code=int(exit_code))  # the start-up notice already said where and how to sync
+        try:
+            if self.log_model and exit_code == 0:
+                from sdexp.tracking.wandb_artifacts import artifact_name, log_best_checkpoint, step_alias
+
+                name = artifact_name(run.name or run.id)
+                log_best_checkpoint(run, self.run_dir, name, ["best", step_alias(self.run_dir)])
+        finally:
+            run.finish(exit_code=int(exit_code))  # the start-up notice already said where and how to sync
         if self.mode == "offline" and self._run_path is not None:
             _wait_until_written(self._run_path)
 

@@ -89,9 +89,21 @@ def _apply(target: dict, items: Any, removes: Any = ()) -> None:
         node.pop(leaf, None)
 
 
+def _artifact(record: Any) -> dict:
+    return {
+        "name": record.name,
+        "type": record.type,
+        "aliases": list(record.aliases),
+        "metadata": json.loads(record.metadata) if record.metadata else {},
+        "files": {entry.path: entry.local_path for entry in record.manifest.contents},
+    }
+
+
 def read_offline_run(run_folder: Path | str) -> dict:
     """Return {"history": [rows by _step], "config", "summary", "run": {id, project, entity, group, name, tags},
-    "exit_code"} of a local W&B run; wandb's internal "_wandb" entries are dropped from config and summary."""
+    "exit_code", "artifacts": [{name, type, aliases, metadata, files: {path: local file}}]} of a local W&B
+    run; wandb's internal "_wandb" entries are dropped from config and summary."""
+    artifacts: list[dict] = []
     history: dict[int, dict] = {}
     config: dict = {}
     summary: dict = {}
@@ -123,7 +135,16 @@ def read_offline_run(run_folder: Path | str) -> dict:
             history.setdefault(step, {}).update(row)
         elif kind == "exit":
             exit_code = record.exit.exit_code
+        elif kind == "artifact":
+            artifacts.append(_artifact(record.artifact))
     config.pop("_wandb", None)
     summary.pop("_wandb", None)
     rows = [history[s] for s in sorted(history)]
-    return {"history": rows, "config": config, "summary": summary, "run": run, "exit_code": exit_code}
+    return {
+        "history": rows,
+        "config": config,
+        "summary": summary,
+        "run": run,
+        "exit_code": exit_code,
+        "artifacts": artifacts,
+    }

@@ -26,7 +26,13 @@ def test_the_wheel_holds_analysis_and_sdexp_registers_its_report_command(tmp_pat
     assert proc.returncode == 0, proc.stderr[-2000:]
     wheel = tmp_path / "dist" / proc.stdout.strip().splitlines()[-1]
     names = set(zipfile.ZipFile(wheel).namelist())
-    assert {"analysis/__init__.py", "analysis/report.py", "analysis/svg_chart.py", "analysis/cli.py"} <= names
+    assert {
+        "analysis/__init__.py",
+        "analysis/report.py",
+        "analysis/run_report.py",
+        "analysis/plots.py",
+        "analysis/cli.py",
+    } <= names
     assert "sdexp/sweep/cli.py" in names and not any(n.startswith(("tests/", "bench/")) for n in names)
 
     from sdexp.cli import COMMAND_MODULES, COMMANDS, build_parser

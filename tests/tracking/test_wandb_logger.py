@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pty
 import socket
@@ -317,3 +318,58 @@ def test_unreachable_server_falls_back_to_offline(no_creds, tmp_path):
     assert (
         len(offline) == 1
     )  # the one run, logged offline (a stale online handshake folder is cleaned best-effort)
+
+
+def _scored_run(run_dir: Path) -> None:
+    """A run folder whose best checkpoint (step 6) was copied to best/, as CheckpointScoring leaves it."""
+    (run_dir / "best" / "diffusers").mkdir(parents=True)
+    (run_dir / "best" / "lora.safetensors").write_bytes(b"weights")
+    (run_dir / "best" / "diffusers" / "pytorch_lora_weights.safetensors").write_bytes(b"copy")
+    best = {"step": 6, "checkpoint": "step-000006", "objectives": {"subject": 0.5}, "feasible": True}
+    (run_dir / "best.json").write_text(json.dumps(best))
+
+
+def test_eval_table_hparams_and_best_checkpoint_artifact(no_creds, tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from sdexp.tracking.base import eval_images
+
+    monkeypatch.setenv("WANDB_DATA_DIR", str(tmp_path / "wandb-data"))
+    run_dir = tmp_path / "run"
+    _scored_run(run_dir)
+    log = WandbLogger(
+        run_dir=run_dir,
+        project="p",
+        name="r/1",
+        config={"train": {"lr": 0.1}},
+        hparams={"lr": 0.1},
+        log_model=True,
+    )
+    red, blue = Image.new("RGB", (8, 8), "red"), Image.new("RGB", (8, 8), "blue")
+    result = SimpleNamespace(
+        subject=[red], subject_prompts=["a sks star"], prior=[blue], prior_prompts=["a star"]
+    )
+    rows = eval_images(result, SimpleNamespace(subject_seeds=[7], prior_seeds=[9]))
+    assert [(r.set, r.prompt, r.seed) for r in rows] == [("subject", "a sks star", 7), ("prior", "a star", 9)]
+    log.log_eval_table(6, rows)
+    log.finish(exit_code=0)
+
+    got = read_offline_run(run_dir)
+    assert got["config"] == {"train": {"lr": 0.1}, "lr": 0.1}
+    (cell,) = [row["eval/images"] for row in got["history"] if "eval/images" in row]
+    table = json.loads((log.run_path / "files" / cell["path"]).read_text())
+    assert table["columns"] == ["step", "set", "prompt", "seed", "image"]
+    assert [r[:4] for r in table["data"]] == [[6, "subject", "a sks star", 7], [6, "prior", "a star", 9]]
+    (model,) = [a for a in got["artifacts"] if a["type"] == "model"]
+    assert model["name"] == "model-r-1" and {"best", "step-000006"} <= set(model["aliases"])
+    assert model["files"]["lora.safetensors"] == str(run_dir / "best" / "lora.safetensors")  # by reference
+    assert set(model["files"]) == {"lora.safetensors", "best.json"} and model["metadata"]["step"] == 6
+
+
+@pytest.mark.parametrize("log_model, exit_code", [(False, 0), (True, 1)])
+def test_no_artifact_when_turned_off_or_the_run_failed(no_creds, tmp_path, monkeypatch, log_model, exit_code):
+    monkeypatch.setenv("WANDB_DATA_DIR", str(tmp_path / "wandb-data"))
+    _scored_run(tmp_path / "run")
+    log = WandbLogger(run_dir=tmp_path / "run", project="p", log_model=log_model)
+    log.finish(exit_code=exit_code)
+    assert not [a for a in read_offline_run(tmp_path / "run")["artifacts"] if a["type"] == "model"]
