@@ -299,11 +299,28 @@ def _first_line(text: str) -> str:
     return text.strip().splitlines()[0] if text.strip() else text
 
 
+LEGACY_LOGGER_NAMES = {"wandb": ("wandb",), "none": ()}  # logger.name before backends were flags
+
+
+def _translate_legacy_logger(cfg: DictConfig) -> None:
+    """A config saved before ``logger.name`` became one flag per backend (run folders to resume,
+    rescore or grid) reads as it was meant: ``name: wandb`` is ``wandb: true``."""
+    logger = cfg.get("logger")
+    if not isinstance(logger, DictConfig) or "name" not in logger:
+        return
+    name = logger.pop("name")
+    if name not in LEGACY_LOGGER_NAMES:
+        raise ConfigError(f"logger.name: {name!r} is not a logger; use logger=wandb, tensorboard or none")
+    for backend in LOGGER_BACKENDS:
+        logger[backend] = backend in LEGACY_LOGGER_NAMES[name]
+
+
 def to_run_config(cfg: DictConfig | dict) -> RunConfig:
     """Type a composed (or saved, plain) config against the schemas and validate it."""
     if not isinstance(cfg, DictConfig):
         cfg = OmegaConf.create(cfg)
     cfg = OmegaConf.masked_copy(cfg, [k for k in cfg.keys() if k != "hydra"])
+    _translate_legacy_logger(cfg)
     method_name = OmegaConf.select(cfg, "method.name")
     if method_name not in METHOD_SCHEMAS:
         raise ConfigError(

@@ -92,9 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         f"  W&B offline runs:            {sweep / 'trials'}/*/wandb, grouped as 'demo'  (upload with `wandb sync`)"
     )
     print(f"  generated images:            {gen_dir}")
-    print(
-        f"  the study in a browser:      pip install optuna-dashboard && optuna-dashboard sqlite:///{sweep / 'study.db'}"
-    )
+    print(f"  the study in a browser:      sdexp dashboard {sweep}  (.venv/bin/sdexp; serves on 127.0.0.1)")
     return 0
 
 

@@ -88,3 +88,23 @@ def test_build_logger_makes_the_trackers_asked_for(compose, tmp_path, monkeypatc
     logger.finish()
     config = read_offline_run(tmp_path / "c" / "run")["config"]
     assert (config["lr"], config["rank"], config["train"]["lr"]) == (1e-4, 4, 1e-4)
+
+
+def test_a_config_saved_with_logger_name_still_loads():
+    """Run folders written before the backends became flags (config.yaml with logger.name) are resumed,
+    rescored and gridded: name wandb means the W&B flag, name none means no tracker."""
+    from omegaconf import OmegaConf
+
+    from sdexp.config import as_plain_dict, to_run_config
+    from sdexp.entry import compose_run_config
+
+    saved = as_plain_dict(compose_run_config(["model=tiny", "data.dir=/tmp/x"]))
+    for name, flags in (("wandb", (True, False)), ("none", (False, False))):
+        old = OmegaConf.create(saved)
+        old.logger = {k: v for k, v in saved["logger"].items() if k not in ("wandb", "tensorboard")}
+        old.logger.name = name
+        cfg = to_run_config(old)
+        assert (cfg.logger.wandb, cfg.logger.tensorboard) == flags
+    old.logger.name = "mlflow"
+    with pytest.raises(ConfigError, match="logger.name"):
+        to_run_config(old)
