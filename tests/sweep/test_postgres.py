@@ -18,6 +18,7 @@ import optuna
 import psycopg
 import pytest
 import yaml
+from tiny_sweep import tiny_sweep
 
 from sdexp.errors import ConfigError, UserError
 from sdexp.sweep import stored_definition
@@ -155,25 +156,7 @@ def test_joining_errors_say_what_to_give(postgres_url, tmp_path):
 
 # ----- real processes: three workers and a second machine on one PostgreSQL study -------------
 
-DEFINITION = {
-    "name": "pg",
-    "overrides": [
-        "model=tiny",
-        "eval=none",
-        "data.prompt=a photo of sks toy",
-        "logger=none",
-        "train.steps=12",
-        "train.checkpoint_every=6",
-        "data.val_images=1",
-    ],  # fmt: skip
-    "space": {
-        "train.lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
-        "method.rank": [2, 4, 8],
-    },
-    "sampler": {"name": "random", "seed": 0},
-    "n_trials": 6,
-    "heartbeat_seconds": 1,
-}
+DEFINITION = tiny_sweep("pg", n_trials=6)
 
 
 def _sweep(args: list[str], cwd: Path, log: Path) -> subprocess.Popen:

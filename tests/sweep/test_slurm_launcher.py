@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from tiny_sweep import tiny_sweep
 
 from sdexp.errors import UserError
 from sdexp.sweep.layout import load_study
@@ -115,25 +116,7 @@ def test_local_job_states_from_the_job_folder(tmp_path):
     assert job_state("local", tmp_path, str(dead.pid)) == "LOST"
 
 
-DEFINITION = {
-    "name": "jobs",
-    "overrides": [
-        "model=tiny",
-        "eval=none",
-        "data.prompt=a photo of sks toy",
-        "logger=none",
-        "train.steps=12",
-        "train.checkpoint_every=6",
-        "data.val_images=1",
-    ],  # fmt: skip
-    "space": {
-        "train.lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
-        "method.rank": [2, 4, 8],
-    },
-    "sampler": {"name": "random", "seed": 0},
-    "n_trials": 4,
-    "heartbeat_seconds": 1,
-}
+DEFINITION = tiny_sweep("jobs", n_trials=4)
 
 
 def _sdexp(*argv: str, timeout: float) -> subprocess.CompletedProcess:

@@ -12,30 +12,13 @@ from pathlib import Path
 
 import pytest
 import yaml
+from tiny_sweep import tiny_sweep
 
 from sdexp.sweep.layout import load_study
 
 REPO = Path(__file__).resolve().parents[2]
-# ~1 s a trial on the tiny model; heartbeats every second, so a dead worker's trial is noticed in ~5 s.
-DEFINITION = {
-    "name": "w",
-    "overrides": [
-        "model=tiny",
-        "eval=none",
-        "data.prompt=a photo of sks toy",
-        "logger=none",
-        "train.steps=12",
-        "train.checkpoint_every=6",
-        "data.val_images=1",
-    ],  # fmt: skip
-    "space": {
-        "train.lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
-        "method.rank": [2, 4, 8],
-    },
-    "sampler": {"name": "random", "seed": 0},
-    "n_trials": 4,
-    "heartbeat_seconds": 1,
-}
+# tiny_sweep: ~1 s a trial, heartbeats every second (a dead worker's trial is noticed in ~5 s).
+DEFINITION = tiny_sweep("w", n_trials=4)
 
 
 def _start(tmp_path, images, out) -> subprocess.Popen:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from tiny_sweep import tiny_sweep
 
 from sdexp.errors import UserError
 from sdexp.sweep.layout import SweepInfo, default_storage, load_study, write_sweep_info
@@ -202,25 +203,7 @@ def test_a_finished_worker_keeps_its_last_trial_and_exit_code(tmp_path):
 # ----- a real pool ---------------------------------------------------------------------------
 
 # Like test_sweep_workers.py: the tiny model, no scoring, heartbeats every second.
-DEFINITION = {
-    "name": "pool",
-    "overrides": [
-        "model=tiny",
-        "eval=none",
-        "data.prompt=a photo of sks toy",
-        "logger=none",
-        "train.steps=12",
-        "train.checkpoint_every=6",
-        "data.val_images=1",
-    ],  # fmt: skip
-    "space": {
-        "train.lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
-        "method.rank": [2, 4, 8],
-    },
-    "sampler": {"name": "random", "seed": 0},
-    "n_trials": 4,
-    "heartbeat_seconds": 1,
-}
+DEFINITION = tiny_sweep("pool", n_trials=4)
 
 
 def _start_pool(definition: Path, images: Path, out: Path, log: Path) -> subprocess.Popen:
