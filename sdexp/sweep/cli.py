@@ -179,8 +179,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         resume_trials=args.resume_trials,
         reuse_base=not args.no_reuse_base,
         gpus_per_trial=args.gpus_per_trial,
+        n_trials_requested=args.n_trials,
     )
-    runner.n_trials_requested = args.n_trials
     info, study = runner.prepare()
     print(f"sweep folder: {runner.sweep_dir}\nstudy: {info.study_name} in {info.storage}")
     if slots is not None:  # the workers run the trials, as processes or jobs (sweep/worker_pool.py)

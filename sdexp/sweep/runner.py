@@ -186,8 +186,6 @@ def _first_line(err: BaseException) -> str:
 
 
 class SweepRunner:
-    n_trials_requested: int | None = None  # --n-trials: sets the study's count for every worker
-
     def __init__(
         self,
         definition: SweepDefinition,
@@ -199,10 +197,12 @@ class SweepRunner:
         resume_trials: bool = False,
         reuse_base: bool = True,
         gpus_per_trial: int = 1,
+        n_trials_requested: int | None = None,
     ):
         from sdexp.sweep.ddp_trial import check_gpus_per_trial
 
         self.gpus_per_trial = check_gpus_per_trial(gpus_per_trial, resume_trials)  # processes per trial
+        self.n_trials_requested = n_trials_requested  # --n-trials: sets the study's count for every worker
         self.definition, self.extra = definition, list(extra_overrides)
         self.reuse_base = reuse_base  # one loaded base lent to trial after trial (models/base_pool.py)
         self.resume_trials = resume_trials  # retried trials go on from their checkpoint (resume_trials.py)
